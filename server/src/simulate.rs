@@ -276,7 +276,7 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
     );
     bar.set_prefix(label.to_string());
     if show_table {
-        bar.println(format!(
+        say(&bar, format!(
             "{:>5} {:>7} {:>10} {:>9} {:>9} {:>8}",
             "round", "clients", "train_loss", "test_loss", "test_acc", "seconds"
         ));
@@ -317,7 +317,7 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
             seconds: started.elapsed().as_secs_f64(),
         };
         if show_table {
-            bar.println(format!(
+            say(&bar, format!(
                 "{:>5} {:>7} {:>10.4} {:>9.4} {:>9.4} {:>8.2}",
                 record.round, record.clients, record.train_loss, record.test_loss, record.test_accuracy, record.seconds
             ));
@@ -328,6 +328,11 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
     }
     bar.finish();
     Ok(history)
+}
+
+/// Prints above the progress bar, or plainly when the bar is hidden (not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
 }
 
 fn derive_u64(seed: u64, stream: u64) -> u64 {
@@ -368,18 +373,31 @@ fn series(history: &[RoundRecord], label: &str) -> (plot::Series, plot::Series) 
     (plot::Series { label: label.to_string(), points: acc }, plot::Series { label: label.to_string(), points: loss })
 }
 
-/// Expands `key=v1,v2` entries into the cartesian product of labelled configurations.
+/// Expands compare entries into the cartesian product of labelled configurations. An entry is
+/// either `key=v1,v2,...` (one setting, several values) or alternatives joined by `|`, each a
+/// set of `key=value` assignments joined by `&`, for settings that only make sense together:
+/// `strategy=fedavg | strategy=fedadam&server_lr=0.01`.
 pub fn expand_compare(base: &SimConfig) -> Result<Vec<(String, SimConfig)>> {
     let mut runs = vec![(String::new(), base.clone())];
     for entry in &base.compare {
-        let (key, values) =
-            entry.split_once('=').with_context(|| format!("--compare {entry:?}: expected KEY=V1,V2,..."))?;
+        let alternatives: Vec<Vec<(String, String)>> = if entry.contains('|') {
+            entry
+                .split('|')
+                .map(|alt| alt.split('&').map(assignment).collect::<Result<Vec<_>>>())
+                .collect::<Result<_>>()?
+        } else {
+            let (key, values) = assignment(entry)?;
+            values.split(',').map(str::trim).filter(|v| !v.is_empty()).map(|v| vec![(key.clone(), v.to_string())]).collect()
+        };
         let mut next = Vec::new();
         for (label, cfg) in &runs {
-            for value in values.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-                let cfg = cfg.with_override(key.trim(), value)?;
-                let label = if label.is_empty() { format!("{key}={value}") } else { format!("{label} {key}={value}") };
-                next.push((label, cfg));
+            for alt in &alternatives {
+                let mut cfg = cfg.clone();
+                for (key, value) in alt {
+                    cfg = cfg.with_override(key, value)?;
+                }
+                let text = alt.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+                next.push((if label.is_empty() { text } else { format!("{label} {text}") }, cfg));
             }
         }
         runs = next;
@@ -388,6 +406,11 @@ pub fn expand_compare(base: &SimConfig) -> Result<Vec<(String, SimConfig)>> {
         cfg.compare.clear();
     }
     Ok(runs)
+}
+
+fn assignment(text: &str) -> Result<(String, String)> {
+    let (k, v) = text.split_once('=').with_context(|| format!("--compare {text:?}: expected KEY=VALUE"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
 }
 
 /// Runs the configuration (or, with `compare`, every configuration of the comparison) and writes
