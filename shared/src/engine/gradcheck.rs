@@ -237,3 +237,46 @@ fn network_gradients_small_cnn() {
         {"type":"flatten"},{"type":"dense","out":4},{"type":"relu"},{"type":"dense","out":3}]}"#,
     );
 }
+
+/// im2col against its definition, and col2im as its exact adjoint (⟨im2col x, c⟩ = ⟨x, col2im c⟩),
+/// over strides, paddings and kernels that exercise every edge of the valid-range arithmetic.
+#[test]
+fn im2col_matches_definition_and_col2im_is_its_adjoint() {
+    let mut rng = derive(6, &[]);
+    for (h, w, kernel, stride, pad) in
+        [(5, 5, 3, 1, 1), (7, 6, 3, 2, 0), (6, 7, 5, 3, 2), (4, 4, 1, 1, 0), (3, 5, 4, 2, 3), (8, 3, 2, 1, 0)]
+    {
+        let g = ConvGeom { in_channels: 2, height: h, width: w, out_channels: 1, kernel, stride, pad };
+        let (oh, ow) = (g.out_height(), g.out_width());
+        let x = random(&mut rng, g.in_len());
+        let mut cols = vec![f32::NAN; g.patch_len() * g.patches()];
+        g.im2col(&x, &mut cols);
+        for c in 0..2 {
+            for ki in 0..kernel {
+                for kj in 0..kernel {
+                    let row = (c * kernel + ki) * kernel + kj;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let (iy, ix) = (
+                                (oy * stride + ki) as isize - pad as isize,
+                                (ox * stride + kj) as isize - pad as isize,
+                            );
+                            let inside = iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
+                            let want = if inside { x[c * h * w + iy as usize * w + ix as usize] } else { 0.0 };
+                            assert_eq!(
+                                cols[row * oh * ow + oy * ow + ox],
+                                want,
+                                "geometry {g:?} row {row} ({oy},{ox})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let c = random(&mut rng, cols.len());
+        let mut back = vec![f32::NAN; g.in_len()];
+        g.col2im(&c, &mut back);
+        let (lhs, rhs) = (dot(&cols, &c), dot(&x, &back));
+        assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+    }
+}

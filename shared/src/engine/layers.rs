@@ -72,29 +72,42 @@ impl ConvGeom {
         self.out_channels * self.patches()
     }
 
-    /// For each (kernel offset, output coordinate), the input coordinate or `None` in padding.
-    fn source(&self, out: usize, k: usize, size: usize) -> Option<usize> {
-        (out * self.stride + k).checked_sub(self.pad).filter(|&i| i < size)
+    /// Output coordinates `o` whose input coordinate `o·stride + k − pad` lies inside `0..size`.
+    /// Computing this range once per kernel offset keeps bounds checks out of the inner loops,
+    /// which dominate im2col/col2im.
+    fn valid_outputs(&self, k: usize, size: usize, outputs: usize) -> std::ops::Range<usize> {
+        let s = self.stride;
+        let first = self.pad.saturating_sub(k).div_ceil(s);
+        // Largest o with o·s + k − pad ≤ size − 1.
+        let last = (size + self.pad).checked_sub(k + 1).map_or(0, |span| span / s + 1);
+        first.min(outputs)..last.min(outputs).max(first.min(outputs))
     }
 
     /// Unfolds one sample `x[C, H, W]` into `cols[C·K·K, OH·OW]`.
     pub fn im2col(&self, x: &[f32], cols: &mut [f32]) {
-        let (oh, ow, k) = (self.out_height(), self.out_width(), self.kernel);
+        let (oh, ow, k, s) = (self.out_height(), self.out_width(), self.kernel, self.stride);
         let mut row = 0;
         for c in 0..self.in_channels {
             let plane = &x[c * self.height * self.width..(c + 1) * self.height * self.width];
             for ki in 0..k {
+                let rows = self.valid_outputs(ki, self.height, oh);
                 for kj in 0..k {
+                    let cols_ok = self.valid_outputs(kj, self.width, ow);
                     let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                    for oy in 0..oh {
+                    dst[..rows.start * ow].fill(0.0);
+                    dst[rows.end * ow..].fill(0.0);
+                    for oy in rows.clone() {
+                        let iy = oy * s + ki - self.pad;
+                        let src = &plane[iy * self.width..(iy + 1) * self.width];
                         let dst_row = &mut dst[oy * ow..(oy + 1) * ow];
-                        match self.source(oy, ki, self.height) {
-                            None => dst_row.fill(0.0),
-                            Some(iy) => {
-                                let src = &plane[iy * self.width..(iy + 1) * self.width];
-                                for (ox, d) in dst_row.iter_mut().enumerate() {
-                                    *d = self.source(ox, kj, self.width).map_or(0.0, |ix| src[ix]);
-                                }
+                        dst_row[..cols_ok.start].fill(0.0);
+                        dst_row[cols_ok.end..].fill(0.0);
+                        let ix0 = cols_ok.start * s + kj - self.pad;
+                        if s == 1 {
+                            dst_row[cols_ok.clone()].copy_from_slice(&src[ix0..ix0 + cols_ok.len()]);
+                        } else {
+                            for (i, d) in dst_row[cols_ok.clone()].iter_mut().enumerate() {
+                                *d = src[ix0 + i * s];
                             }
                         }
                     }
@@ -106,19 +119,28 @@ impl ConvGeom {
 
     /// Adds `cols[C·K·K, OH·OW]` back into `dx[C, H, W]` (the adjoint of `im2col`).
     pub fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
-        let (oh, ow, k) = (self.out_height(), self.out_width(), self.kernel);
+        let (oh, ow, k, s) = (self.out_height(), self.out_width(), self.kernel, self.stride);
         dx[..self.in_len()].fill(0.0);
         let mut row = 0;
         for c in 0..self.in_channels {
             let plane = &mut dx[c * self.height * self.width..(c + 1) * self.height * self.width];
             for ki in 0..k {
+                let rows = self.valid_outputs(ki, self.height, oh);
                 for kj in 0..k {
+                    let cols_ok = self.valid_outputs(kj, self.width, ow);
                     let src = &cols[row * oh * ow..(row + 1) * oh * ow];
-                    for oy in 0..oh {
-                        let Some(iy) = self.source(oy, ki, self.height) else { continue };
-                        for ox in 0..ow {
-                            if let Some(ix) = self.source(ox, kj, self.width) {
-                                plane[iy * self.width + ix] += src[oy * ow + ox];
+                    for oy in rows.clone() {
+                        let iy = oy * s + ki - self.pad;
+                        let dst = &mut plane[iy * self.width..(iy + 1) * self.width];
+                        let src_row = &src[oy * ow + cols_ok.start..oy * ow + cols_ok.end];
+                        let ix0 = cols_ok.start * s + kj - self.pad;
+                        if s == 1 {
+                            for (d, v) in dst[ix0..ix0 + src_row.len()].iter_mut().zip(src_row) {
+                                *d += v;
+                            }
+                        } else {
+                            for (i, v) in src_row.iter().enumerate() {
+                                dst[ix0 + i * s] += v;
                             }
                         }
                     }
