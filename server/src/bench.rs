@@ -67,23 +67,27 @@ pub fn gemm_gflops(n: usize, secs: f64) -> f64 {
     per_sec * 2.0 * (n * n * n) as f64 / 1e9
 }
 
-/// Training samples per second of one SGD step at `batch` on random inputs of the model's shape.
+/// Steady-state training samples per second at `batch`: each call trains one epoch of
+/// `STEPS_PER_CALL` steps, so per-call setup (copying the model, allocating buffers) is amortised
+/// as it is in a real round.
+const STEPS_PER_CALL: usize = 20;
+
 pub fn train_samples_per_sec(model: &str, batch: usize, secs: f64) -> Result<f64> {
     let spec = ModelSpec::builtin(model, &[1, 28, 28], 10)?;
     let mut rng = derive(0, &[]);
     let global = spec.init_params(&mut rng)?;
+    let n = batch * STEPS_PER_CALL;
     let data = Dataset {
         sample_shape: vec![1, 28, 28],
         classes: 10,
         class_names: (0..10).map(|d| d.to_string()).collect(),
-        features: (0..batch * 784).map(|i| (i % 255) as f32 / 255.0).collect(),
-        labels: (0..batch as u32).map(|i| i % 10).collect(),
+        features: (0..n * 784).map(|i| (i % 255) as f32 / 255.0).collect(),
+        labels: (0..n as u32).map(|i| i % 10).collect(),
     };
     let plan = TrainPlan { epochs: 1, batch_size: batch, lr: 0.01, ..Default::default() };
     let mut be = CpuBackend::new(&spec)?;
     let mut err = None;
-    // One call = one epoch over exactly one batch = one step.
-    let steps = rate(secs, || {
+    let epochs = rate(secs, || {
         if let Err(e) = be.train(&global, &data, &plan, &mut rng, &mut |_| {}) {
             err = Some(e);
         }
@@ -91,7 +95,7 @@ pub fn train_samples_per_sec(model: &str, batch: usize, secs: f64) -> Result<f64
     if let Some(e) = err {
         return Err(e.into());
     }
-    Ok(steps * batch as f64)
+    Ok(epochs * n as f64)
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
