@@ -1,10 +1,5 @@
 //! The `webfl` command line.
 
-mod bench;
-mod datasets;
-mod plot;
-mod simulate;
-
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -12,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use webfl_shared::data::partition::{Partition, histogram_table, partition};
 use webfl_shared::strategy::StrategyKind;
 
-use simulate::SimConfig;
+use webfl_server::simulate::{self, SimConfig};
+use webfl_server::{bench, datasets};
 
 #[derive(Parser)]
 #[command(name = "webfl", version, about = "Federated learning with browser clients")]

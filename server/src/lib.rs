@@ -1,0 +1,8 @@
+//! webfl-server: everything behind the `webfl` command line — simulation, dataset preparation,
+//! charts, benchmarks, and round orchestration for the production server.
+
+pub mod bench;
+pub mod datasets;
+pub mod plot;
+pub mod rounds;
+pub mod simulate;
