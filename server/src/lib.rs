@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod datasets;
+pub mod http;
 pub mod plot;
 pub mod rounds;
 pub mod simulate;
+pub mod store;

@@ -8,7 +8,7 @@ use webfl_shared::data::partition::{Partition, histogram_table, partition};
 use webfl_shared::strategy::StrategyKind;
 
 use webfl_server::simulate::{self, SimConfig};
-use webfl_server::{bench, datasets};
+use webfl_server::{bench, datasets, http};
 
 #[derive(Parser)]
 #[command(name = "webfl", version, about = "Federated learning with browser clients")]
@@ -39,6 +39,14 @@ enum Command {
     },
     /// Measure the CPU engine: GEMM GFLOP/s and training-step throughput.
     Bench(bench::BenchArgs),
+    /// Serve the default task (MNIST, `2nn`, FedAvg) to browser clients over HTTP.
+    Serve {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -182,5 +190,28 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Serve { port, host } => serve(std::net::SocketAddr::new(host, port)),
     }
+}
+
+fn serve(addr: std::net::SocketAddr) -> Result<()> {
+    let split = datasets::load("mnist", &Default::default(), 0.2, 0)?;
+    let state = http::AppState::new_default(split)?;
+    tracing::warn!("model versions are kept in memory only: persistence is not implemented yet");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(url = %format!("http://{local}/"), upload_limit_bytes = state.upload_limit_bytes(), "webfl serving");
+        let ticker = http::spawn_ticker(state.clone());
+        axum::serve(listener, http::app(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            })
+            .await
+            .context("serving HTTP")?;
+        ticker.abort();
+        Ok(())
+    })
 }

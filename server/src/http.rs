@@ -1,0 +1,735 @@
+//! The HTTP face of `webfl serve`: protocol v1 for browser clients, plus status and metrics.
+//!
+//! All round logic lives in [`crate::rounds::Coordinator`]; this module authenticates clients,
+//! parses and bounds what they send, and turns every refusal into a JSON error
+//! `{"error": "<code>", "message": "<human text>"}` with a fitting status code.
+//!
+//! Endpoints:
+//! - `POST /api/v1/checkin` — assignment (round, model version, plan, model) or retry-after.
+//! - `GET  /api/v1/models/{version}` — a committed model as safetensors bytes.
+//! - `POST /api/v1/rounds/{round}/update` — a client's update Δ as safetensors (bounded size).
+//! - `GET  /api/status` — a JSON summary for people and dashboards.
+//! - `GET  /metrics` — Prometheus text.
+//!
+//! The state lock is a `std::sync::Mutex` that is never held across an `.await`; closing a round
+//! evaluates the new model on a blocking thread with the lock released (the coordinator hands out
+//! no assignments meanwhile), then stores the version and only then commits it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use webfl_shared::data::{Dataset, Split};
+use webfl_shared::model::ModelSpec;
+use webfl_shared::params::Params;
+use webfl_shared::strategy::{StrategyConfig, StrategyKind};
+use webfl_shared::train::TrainPlan;
+
+use crate::rounds::{CheckIn, Coordinator, PendingCommit, RoundError, RoundPolicy, Settled};
+use crate::simulate;
+
+/// Protocol version spoken by this server (the `/api/v1` prefix).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// A client counts as connected for this long after its last request.
+const CONNECTED_WINDOW_MS: u64 = 60_000;
+/// Check-in bodies are tiny; anything larger is refused.
+const CHECKIN_LIMIT_BYTES: usize = 64 * 1024;
+/// Room for the safetensors header on top of the raw f32 payload when sizing the upload limit.
+const UPLOAD_HEADER_SLACK_BYTES: usize = 64 * 1024;
+/// How often the deadline ticker runs.
+const TICK_EVERY: Duration = Duration::from_millis(250);
+
+// ---------------------------------------------------------------------------------------------
+// Version storage
+// ---------------------------------------------------------------------------------------------
+
+/// Where committed model versions live. A version is stored before it is announced, so a failed
+/// `put` means the round's result is discarded and the previous version stays current.
+pub trait VersionStore: Send {
+    fn put(&mut self, version: u64, bytes: Arc<Vec<u8>>) -> anyhow::Result<()>;
+    fn get(&self, version: u64) -> Option<Arc<Vec<u8>>>;
+}
+
+/// Keeps every version in memory (lost on restart).
+#[derive(Default)]
+pub struct MemoryStore {
+    versions: BTreeMap<u64, Arc<Vec<u8>>>,
+}
+
+impl VersionStore for MemoryStore {
+    fn put(&mut self, version: u64, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
+        self.versions.insert(version, bytes);
+        Ok(())
+    }
+
+    fn get(&self, version: u64) -> Option<Arc<Vec<u8>>> {
+        self.versions.get(&version).cloned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+/// How a round ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundOutcome {
+    /// Reached its target number of updates.
+    Closed,
+    /// Aggregated at its deadline from at least the minimum number of updates.
+    ClosedByDeadline,
+    /// Too few updates by the deadline; discarded.
+    Abandoned,
+    /// Aggregated, but the new version could not be stored; discarded.
+    StoreFailed,
+}
+
+/// One settled round.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    /// The version this round produced (None when it produced none).
+    pub version: Option<u64>,
+    pub reports: usize,
+    pub selected: usize,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    pub outcome: RoundOutcome,
+}
+
+/// Everything a task needs to be served.
+pub struct TaskSetup {
+    pub name: String,
+    pub spec: ModelSpec,
+    pub plan: TrainPlan,
+    pub policy: RoundPolicy,
+    pub strategy: StrategyConfig,
+    /// Held-out data each new version is evaluated on.
+    pub test: Dataset,
+    /// Version 0.
+    pub initial: Params,
+    /// Largest accepted update body; `None` sizes it from the model (payload + header slack).
+    pub upload_limit_bytes: Option<usize>,
+}
+
+/// Milliseconds on a monotonic clock; swappable so tests can move time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The immutable parts of the task.
+struct Task {
+    name: String,
+    spec: ModelSpec,
+    plan: TrainPlan,
+    test: Dataset,
+    upload_limit_bytes: usize,
+}
+
+struct Client {
+    token: String,
+    last_seen_ms: u64,
+}
+
+#[derive(Default)]
+struct Metrics {
+    updates_accepted: u64,
+    updates_rejected: BTreeMap<&'static str, u64>,
+    rounds_abandoned: u64,
+}
+
+struct Inner {
+    coordinator: Coordinator,
+    clients: HashMap<String, Client>,
+    store: Box<dyn VersionStore>,
+    history: Vec<RoundRecord>,
+    metrics: Metrics,
+}
+
+/// Shared server state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    task: Arc<Task>,
+    inner: Arc<Mutex<Inner>>,
+    clock: Clock,
+}
+
+impl AppState {
+    /// Serves `setup` with versions kept in memory and a real monotonic clock.
+    pub fn new(setup: TaskSetup) -> anyhow::Result<Self> {
+        let start = Instant::now();
+        Self::with_store_and_clock(
+            setup,
+            Box::new(MemoryStore::default()),
+            Arc::new(move || start.elapsed().as_millis() as u64),
+        )
+    }
+
+    pub fn with_store_and_clock(
+        setup: TaskSetup,
+        mut store: Box<dyn VersionStore>,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        setup.plan.validate().context("invalid training plan")?;
+        let layout = setup.spec.layout().context("invalid model")?;
+        setup.initial.check_same_layout(&Params::zeros(Arc::new(layout))).context("initial parameters")?;
+        let bytes = setup.initial.to_safetensors().context("serialising the initial model")?;
+        let upload_limit_bytes =
+            setup.upload_limit_bytes.unwrap_or(setup.initial.len() * 4 + UPLOAD_HEADER_SLACK_BYTES);
+        store.put(0, Arc::new(bytes)).context("storing model version 0")?;
+        let strategy = setup.strategy.build().context("invalid strategy")?;
+        let coordinator = Coordinator::new(setup.policy, strategy, setup.initial, 0, 1)?;
+        let task = Task { name: setup.name, spec: setup.spec, plan: setup.plan, test: setup.test, upload_limit_bytes };
+        let inner =
+            Inner { coordinator, clients: HashMap::new(), store, history: Vec::new(), metrics: Metrics::default() };
+        Ok(Self { task: Arc::new(task), inner: Arc::new(Mutex::new(inner)), clock })
+    }
+
+    /// The default task: MNIST with the `2nn` model, FedAvg, 4 updates per round (1.3×
+    /// over-selection, at least 2 by the 60 s deadline).
+    pub fn new_default(data: Split) -> anyhow::Result<Self> {
+        let test = data.test;
+        let spec = ModelSpec::builtin("2nn", &test.sample_shape, test.classes)?;
+        let initial = spec.init_params(&mut webfl_shared::rng::derive(0, &[1]))?;
+        Self::new(TaskSetup {
+            name: "mnist".into(),
+            spec,
+            plan: TrainPlan { epochs: 1, batch_size: 10, lr: 0.1, ..TrainPlan::default() },
+            policy: RoundPolicy {
+                target_reports: 4,
+                over_selection: 1.3,
+                min_reports: 2,
+                deadline_ms: 60_000,
+                retry_after_ms: 2_000,
+            },
+            strategy: StrategyConfig::new(StrategyKind::FedAvg),
+            test,
+            initial,
+            upload_limit_bytes: None,
+        })
+    }
+
+    pub fn upload_limit_bytes(&self) -> usize {
+        self.task.upload_limit_bytes
+    }
+
+    /// Settled rounds, oldest first.
+    pub fn history(&self) -> Vec<RoundRecord> {
+        self.lock().history.clone()
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the coordinator half-updated (its methods
+        // check before they mutate), so keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies round deadlines now; what [`spawn_ticker`] calls every tick.
+    pub async fn tick(&self) {
+        let now = self.now();
+        let settled = self.lock().coordinator.tick(now);
+        match settled {
+            Ok(Some(s)) => {
+                settle(self, s).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "closing a round at its deadline failed"),
+        }
+    }
+}
+
+/// Applies round deadlines every ~250 ms until the runtime shuts down.
+pub fn spawn_ticker(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(TICK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            state.tick().await;
+        }
+    })
+}
+
+/// Finishes a settled round: for a closed one, evaluate and serialise the new model (off the
+/// async threads, lock released), store it, and only then commit. Returns true if a new version
+/// was committed.
+async fn settle(state: &AppState, settled: Settled) -> bool {
+    match settled {
+        Settled::Abandoned { round, reports, selected } => {
+            tracing::info!(round, reports, selected, "round abandoned: too few updates by its deadline");
+            let mut inner = state.lock();
+            inner.metrics.rounds_abandoned += 1;
+            inner.history.push(RoundRecord {
+                round,
+                version: None,
+                reports,
+                selected,
+                test_loss: None,
+                test_accuracy: None,
+                outcome: RoundOutcome::Abandoned,
+            });
+            false
+        }
+        Settled::Closed(pending) => {
+            let task = state.task.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                let eval = simulate::evaluate(&task.spec, &pending.params, &task.test);
+                let bytes = pending.params.to_safetensors();
+                (pending, eval, bytes)
+            })
+            .await;
+            let (pending, eval, bytes) = match work {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, "evaluating a new version panicked; round discarded");
+                    state.lock().coordinator.abort_commit();
+                    return false;
+                }
+            };
+            let (test_loss, test_accuracy) = match &eval {
+                Ok(s) => (Some(s.loss), Some(s.accuracy)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "evaluating the new version failed");
+                    (None, None)
+                }
+            };
+            let mut inner = state.lock();
+            let PendingCommit { round, version, reports, selected, closed_by_deadline, .. } = *pending;
+            let mut record = RoundRecord {
+                round,
+                version: Some(version),
+                reports,
+                selected,
+                test_loss,
+                test_accuracy,
+                outcome: if closed_by_deadline { RoundOutcome::ClosedByDeadline } else { RoundOutcome::Closed },
+            };
+            let stored = bytes
+                .map_err(anyhow::Error::from)
+                .and_then(|b| inner.store.put(version, Arc::new(b)))
+                .and_then(|()| inner.coordinator.commit(*pending).map_err(anyhow::Error::from));
+            let committed = match stored {
+                Ok(()) => {
+                    tracing::info!(round, version, reports, selected, ?test_accuracy, "new model version");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(round, version, error = %e, "storing the new version failed; round discarded");
+                    inner.coordinator.abort_commit();
+                    record.version = None;
+                    record.outcome = RoundOutcome::StoreFailed;
+                    false
+                }
+            };
+            inner.history.push(record);
+            committed
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Every refusal the API can give; rendered as `{"error": code, "message": text}`.
+#[derive(Debug)]
+pub enum AppError {
+    /// 400: a malformed request (bad JSON, header or path).
+    BadRequest { code: &'static str, message: String },
+    /// 401: no credentials, or credentials for an unknown client.
+    Unauthorized(String),
+    /// 403: a token that does not belong to the client.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 413: the body exceeds the limit (bytes).
+    TooLarge(usize),
+    /// 422: the update's bytes do not hold this model's tensors.
+    BadUpdate(String),
+    /// The coordinator refused.
+    Round(RoundError),
+    /// 500.
+    Internal(String),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::BadUpdate(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Round(e) => match e {
+                RoundError::NotSelected(_) => StatusCode::FORBIDDEN,
+                RoundError::AlreadyReported(_)
+                | RoundError::WrongRound { .. }
+                | RoundError::WrongModelVersion { .. }
+                | RoundError::NoOpenRound
+                | RoundError::DeadlinePassed(_) => StatusCode::CONFLICT,
+                RoundError::BadUpdate(_) | RoundError::NoExamples => StatusCode::UNPROCESSABLE_ENTITY,
+                RoundError::BadPolicy(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `error` field (also the `reason` label of rejected-update metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadRequest { code, .. } => code,
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound(_) => "not_found",
+            AppError::TooLarge(_) => "payload_too_large",
+            AppError::BadUpdate(_) => "bad_update",
+            AppError::Round(e) => match e {
+                RoundError::BadPolicy(_) => "internal",
+                RoundError::NoOpenRound => "no_open_round",
+                RoundError::WrongRound { .. } => "wrong_round",
+                RoundError::WrongModelVersion { .. } => "wrong_model_version",
+                RoundError::NotSelected(_) => "not_selected",
+                RoundError::AlreadyReported(_) => "already_reported",
+                RoundError::DeadlinePassed(_) => "deadline_passed",
+                RoundError::NoExamples => "no_examples",
+                RoundError::BadUpdate(_) => "bad_update",
+            },
+            AppError::Internal(_) => "internal",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            AppError::BadRequest { message, .. } => message.clone(),
+            AppError::Unauthorized(m)
+            | AppError::Forbidden(m)
+            | AppError::NotFound(m)
+            | AppError::BadUpdate(m)
+            | AppError::Internal(m) => m.clone(),
+            AppError::TooLarge(limit) => format!("the request body exceeds the limit of {limit} bytes"),
+            AppError::Round(e) => e.to_string(),
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        AppError::BadRequest { code, message: message.into() }
+    }
+}
+
+impl From<RoundError> for AppError {
+    fn from(e: RoundError) -> Self {
+        AppError::Round(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.code(), "message": self.message() });
+        let mut resp = (self.status(), axum::Json(body)).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// Maps a body-buffering failure: over the limit → 413, anything else → 400.
+fn body_error(e: BytesRejection, limit: usize) -> AppError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::TooLarge(limit)
+    } else {
+        AppError::bad_request("bad_body", e.body_text())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Router and handlers
+// ---------------------------------------------------------------------------------------------
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let upload_limit = state.task.upload_limit_bytes;
+    Router::new()
+        .route("/api/v1/checkin", post(checkin).layer(DefaultBodyLimit::max(CHECKIN_LIMIT_BYTES)))
+        .route("/api/v1/models/{version}", get(model))
+        .route("/api/v1/rounds/{round}/update", post(upload).layer(DefaultBodyLimit::max(upload_limit)))
+        .route("/api/status", get(status))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+fn new_id(bytes: usize) -> Result<String, AppError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| AppError::Internal(format!("no system randomness: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares without an early exit, so response timing does not reveal a token's prefix.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks that the request carries `client`'s token: missing credentials or an unknown client →
+/// 401, a token that is not this client's → 403.
+fn authenticate(inner: &Inner, headers: &HeaderMap, client: &str) -> Result<(), AppError> {
+    let Some(token) = bearer(headers) else {
+        return Err(AppError::Unauthorized("missing `Authorization: Bearer <token>`".into()));
+    };
+    let Some(known) = inner.clients.get(client) else {
+        return Err(AppError::Unauthorized(format!(
+            "unknown client {client:?}: check in without a client_id to get a new identity"
+        )));
+    };
+    if !same_token(token, &known.token) {
+        return Err(AppError::Forbidden("the token does not belong to this client".into()));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CheckInRequest {
+    #[serde(default)]
+    client_id: Option<String>,
+    /// Free-form for now (`{"backends": ["cpu"], ...}`); recorded nowhere yet.
+    #[serde(default)]
+    #[allow(dead_code)]
+    capabilities: serde_json::Value,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum CheckInResponse<'a> {
+    Assigned {
+        client_id: String,
+        token: String,
+        round: u64,
+        model_version: u64,
+        deadline_ms_from_now: u64,
+        plan: &'a TrainPlan,
+        model: &'a ModelSpec,
+        upload_limit_bytes: usize,
+    },
+    Retry {
+        client_id: String,
+        token: String,
+        retry_after_ms: u64,
+    },
+}
+
+async fn checkin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let body = body.map_err(|e| body_error(e, CHECKIN_LIMIT_BYTES))?;
+    let req: CheckInRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CheckInRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| AppError::bad_request("bad_json", format!("check-in body: {e}")))?
+    };
+    let now = state.now();
+    let task = &state.task;
+    let mut inner = state.lock();
+    let (client_id, token) = match req.client_id {
+        Some(id) => {
+            authenticate(&inner, &headers, &id)?;
+            let token = inner.clients[&id].token.clone();
+            (id, token)
+        }
+        None => {
+            let (id, token) = (new_id(8)?, new_id(16)?);
+            inner.clients.insert(id.clone(), Client { token: token.clone(), last_seen_ms: now });
+            (id, token)
+        }
+    };
+    if let Some(c) = inner.clients.get_mut(&client_id) {
+        c.last_seen_ms = now;
+    }
+    let resp = match inner.coordinator.check_in(&client_id, now) {
+        CheckIn::Assigned { round, model_version, deadline_at_ms } => CheckInResponse::Assigned {
+            client_id,
+            token,
+            round,
+            model_version,
+            deadline_ms_from_now: deadline_at_ms.saturating_sub(now),
+            plan: &task.plan,
+            model: &task.spec,
+            upload_limit_bytes: task.upload_limit_bytes,
+        },
+        CheckIn::RetryAfter { ms } => CheckInResponse::Retry { client_id, token, retry_after_ms: ms },
+    };
+    Ok(axum::Json(resp).into_response())
+}
+
+fn parse_u64(what: &str, text: &str) -> Result<u64, AppError> {
+    text.trim()
+        .parse()
+        .map_err(|_| AppError::bad_request("bad_request", format!("{what} must be an unsigned integer, got {text:?}")))
+}
+
+async fn model(State(state): State<AppState>, Path(version): Path<String>) -> Result<Response, AppError> {
+    let version = parse_u64("the model version", &version)?;
+    let bytes = state.lock().store.get(version);
+    let Some(bytes) = bytes else {
+        return Err(AppError::NotFound(format!("no model version {version}")));
+    };
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+        // A committed version never changes.
+        (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
+    ];
+    Ok((headers, Bytes::from((*bytes).clone())).into_response())
+}
+
+fn required_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, AppError> {
+    let value =
+        headers.get(name).ok_or_else(|| AppError::bad_request("missing_header", format!("missing header {name}")))?;
+    value.to_str().map_err(|_| AppError::bad_request("bad_header", format!("header {name} is not text")))
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+struct UploadResponse {
+    accepted: bool,
+    round_closed: bool,
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    Path(round): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    match accept_upload(&state, &round, &headers, body).await {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            tracing::debug!(error = e.code(), message = %e.message(), "update refused");
+            *state.lock().metrics.updates_rejected.entry(e.code()).or_default() += 1;
+            Err(e)
+        }
+    }
+}
+
+async fn accept_upload(
+    state: &AppState,
+    round: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let round = parse_u64("the round", round)?;
+    let client = required_header(headers, "x-webfl-client")?.to_string();
+    let model_version = parse_u64("X-Webfl-Model-Version", required_header(headers, "x-webfl-model-version")?)?;
+    let examples = parse_u64("X-Webfl-Examples", required_header(headers, "x-webfl-examples")?)?;
+    authenticate(&state.lock(), headers, &client)?;
+    let body = body.map_err(|e| body_error(e, state.task.upload_limit_bytes))?;
+    let layout = state.lock().coordinator.global().layout().clone();
+    let update = Params::from_safetensors(layout, &body)
+        .map_err(|e| AppError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))?;
+    let now = state.now();
+    let settled = {
+        let mut inner = state.lock();
+        let settled = inner.coordinator.submit(&client, round, model_version, &update, examples, now)?;
+        inner.metrics.updates_accepted += 1;
+        if let Some(c) = inner.clients.get_mut(&client) {
+            c.last_seen_ms = now;
+        }
+        settled
+    };
+    let round_closed = match settled {
+        Some(s) => settle(state, s).await,
+        None => false,
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(UploadResponse { accepted: true, round_closed })).into_response())
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let now = state.now();
+    let inner = state.lock();
+    let rounds_completed = inner.history.iter().filter(|r| r.version.is_some()).count();
+    let test_accuracy = inner.history.iter().rev().find(|r| r.version.is_some()).and_then(|r| r.test_accuracy);
+    let clients_connected =
+        inner.clients.values().filter(|c| now.saturating_sub(c.last_seen_ms) <= CONNECTED_WINDOW_MS).count();
+    axum::Json(json!({
+        "protocol_version": PROTOCOL_VERSION,
+        "task": state.task.name,
+        "model_version": inner.coordinator.version(),
+        "updates_accepted": inner.metrics.updates_accepted,
+        "rounds_completed": rounds_completed,
+        "test_accuracy": test_accuracy,
+        "clients_connected": clients_connected,
+        "open_round": inner.coordinator.open_round(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    use std::fmt::Write;
+    let inner = state.lock();
+    let completed = inner.history.iter().filter(|r| r.version.is_some()).count();
+    let accuracy = inner.history.iter().rev().find(|r| r.version.is_some()).and_then(|r| r.test_accuracy);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    metric(
+        "webfl_model_version",
+        "gauge",
+        "Current committed model version.",
+        one(inner.coordinator.version().to_string()),
+    );
+    metric(
+        "webfl_rounds_completed_total",
+        "counter",
+        "Rounds that produced a new version.",
+        one(completed.to_string()),
+    );
+    metric(
+        "webfl_rounds_abandoned_total",
+        "counter",
+        "Rounds abandoned at their deadline with too few updates.",
+        one(inner.metrics.rounds_abandoned.to_string()),
+    );
+    metric(
+        "webfl_updates_accepted_total",
+        "counter",
+        "Client updates accepted into a round.",
+        one(inner.metrics.updates_accepted.to_string()),
+    );
+    metric(
+        "webfl_updates_rejected_total",
+        "counter",
+        "Client updates refused, by reason.",
+        inner.metrics.updates_rejected.iter().map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n.to_string())).collect(),
+    );
+    metric(
+        "webfl_test_accuracy",
+        "gauge",
+        "Held-out accuracy of the current version (NaN before the first round).",
+        one(accuracy.map_or_else(|| "NaN".to_string(), |a| a.to_string())),
+    );
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], out).into_response()
+}

@@ -1,0 +1,438 @@
+//! Durable server state in one embedded SQLite database (`<data>/webfl.db`).
+//!
+//! Why SQLite: one file, real transactions, crash safety through its write-ahead log, no server
+//! process to run, tooling everyone has (`sqlite3 webfl.db`), and SQL that carries over to
+//! PostgreSQL when several replicas must share state. The database runs in WAL mode with
+//! `synchronous = FULL`, so a committed transaction survives a process kill or power loss.
+//!
+//! The one write that matters most, [`Store::commit_version`], puts the new model version, its
+//! round record and the server optimizer's state into a single transaction: after a crash either
+//! all of a round is there or none of it, and a version is never announced before this returns.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("creating data folder {path}: {source}")]
+    Folder { path: PathBuf, source: std::io::Error },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this build understands ({SCHEMA_VERSION})")]
+    TooNew { found: i64 },
+    #[error("stored JSON is invalid: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("version {version} of task {task:?} already exists")]
+    VersionExists { task: String, version: u64 },
+}
+
+/// How a round ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundOutcome {
+    Closed,
+    ClosedByDeadline,
+    Abandoned,
+}
+
+impl RoundOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RoundOutcome::Closed => "closed",
+            RoundOutcome::ClosedByDeadline => "closed_by_deadline",
+            RoundOutcome::Abandoned => "abandoned",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "closed" => RoundOutcome::Closed,
+            "closed_by_deadline" => RoundOutcome::ClosedByDeadline,
+            "abandoned" => RoundOutcome::Abandoned,
+            _ => return None,
+        })
+    }
+}
+
+/// One finished (or abandoned) round, as shown on the dashboard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    pub outcome: RoundOutcome,
+    /// The version the round produced (None when abandoned).
+    pub version: Option<u64>,
+    pub selected: u64,
+    pub reports: u64,
+    pub opened_at_ms: u64,
+    pub closed_at_ms: u64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+}
+
+/// A stored model version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredVersion {
+    pub version: u64,
+    pub safetensors: Vec<u8>,
+}
+
+/// What the operator sees about a client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub rounds_completed: u64,
+    pub failures: u64,
+    pub last_round_trip_ms: Option<u64>,
+}
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<dir>/webfl.db` and brings its schema up to date.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder { path: dir.to_path_buf(), source })?;
+        let path = dir.join("webfl.db");
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found });
+        }
+        if found < 1 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE tasks (
+                     name TEXT PRIMARY KEY,
+                     config_json TEXT NOT NULL,
+                     created_at_ms INTEGER NOT NULL);
+                 CREATE TABLE model_versions (
+                     task TEXT NOT NULL REFERENCES tasks(name),
+                     version INTEGER NOT NULL,
+                     round INTEGER,
+                     safetensors BLOB NOT NULL,
+                     created_at_ms INTEGER NOT NULL,
+                     PRIMARY KEY (task, version));
+                 CREATE TABLE rounds (
+                     task TEXT NOT NULL REFERENCES tasks(name),
+                     round INTEGER NOT NULL,
+                     outcome TEXT NOT NULL,
+                     version INTEGER,
+                     selected INTEGER NOT NULL,
+                     reports INTEGER NOT NULL,
+                     opened_at_ms INTEGER NOT NULL,
+                     closed_at_ms INTEGER NOT NULL,
+                     test_loss REAL,
+                     test_accuracy REAL,
+                     PRIMARY KEY (task, round));
+                 CREATE TABLE optimizer_state (
+                     task TEXT PRIMARY KEY REFERENCES tasks(name),
+                     state_json TEXT NOT NULL);
+                 CREATE TABLE clients (
+                     task TEXT NOT NULL REFERENCES tasks(name),
+                     client_id TEXT NOT NULL,
+                     token_hash TEXT NOT NULL,
+                     first_seen_ms INTEGER NOT NULL,
+                     last_seen_ms INTEGER NOT NULL,
+                     rounds_completed INTEGER NOT NULL DEFAULT 0,
+                     failures INTEGER NOT NULL DEFAULT 0,
+                     last_round_trip_ms INTEGER,
+                     PRIMARY KEY (task, client_id));
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// Registers a task (or returns its stored config if it exists already).
+    pub fn ensure_task(&self, name: &str, config_json: &str, now_ms: u64) -> Result<String, StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO tasks (name, config_json, created_at_ms) VALUES (?1, ?2, ?3)",
+            params![name, config_json, now_ms as i64],
+        )?;
+        Ok(self.conn.query_row("SELECT config_json FROM tasks WHERE name = ?1", [name], |r| r.get(0))?)
+    }
+
+    /// Stores the initial model (version 0) of a new task.
+    pub fn put_initial_version(&self, task: &str, safetensors: &[u8], now_ms: u64) -> Result<(), StoreError> {
+        insert_version(&self.conn, task, 0, None, safetensors, now_ms)
+    }
+
+    /// Durably records a closed round: its new model version, the round record and the server
+    /// optimizer state, all in one transaction. Call before announcing the version.
+    pub fn commit_version(
+        &mut self,
+        task: &str,
+        version: u64,
+        safetensors: &[u8],
+        record: &RoundRecord,
+        optimizer_state_json: &str,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        insert_version(&tx, task, version, Some(record.round), safetensors, record.closed_at_ms)?;
+        insert_round(&tx, task, record)?;
+        tx.execute(
+            "INSERT INTO optimizer_state (task, state_json) VALUES (?1, ?2)
+             ON CONFLICT(task) DO UPDATE SET state_json = excluded.state_json",
+            params![task, optimizer_state_json],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records an abandoned round (no new version).
+    pub fn record_abandoned(&self, task: &str, record: &RoundRecord) -> Result<(), StoreError> {
+        insert_round(&self.conn, task, record)
+    }
+
+    pub fn latest_version(&self, task: &str) -> Result<Option<StoredVersion>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT version, safetensors FROM model_versions WHERE task = ?1 ORDER BY version DESC LIMIT 1",
+                [task],
+                |r| Ok(StoredVersion { version: r.get::<_, i64>(0)? as u64, safetensors: r.get(1)? }),
+            )
+            .optional()?)
+    }
+
+    pub fn version(&self, task: &str, version: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT safetensors FROM model_versions WHERE task = ?1 AND version = ?2",
+                params![task, version as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn versions(&self, task: &str) -> Result<Vec<u64>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT version FROM model_versions WHERE task = ?1 ORDER BY version")?;
+        let rows = stmt.query_map([task], |r| r.get::<_, i64>(0))?;
+        Ok(rows.map(|v| v.map(|v| v as u64)).collect::<Result<_, _>>()?)
+    }
+
+    pub fn optimizer_state(&self, task: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT state_json FROM optimizer_state WHERE task = ?1", [task], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn rounds(&self, task: &str) -> Result<Vec<RoundRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT round, outcome, version, selected, reports, opened_at_ms, closed_at_ms, test_loss, test_accuracy
+             FROM rounds WHERE task = ?1 ORDER BY round",
+        )?;
+        let rows = stmt.query_map([task], |r| {
+            let outcome: String = r.get(1)?;
+            Ok(RoundRecord {
+                round: r.get::<_, i64>(0)? as u64,
+                outcome: RoundOutcome::parse(&outcome).unwrap_or(RoundOutcome::Abandoned),
+                version: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                selected: r.get::<_, i64>(3)? as u64,
+                reports: r.get::<_, i64>(4)? as u64,
+                opened_at_ms: r.get::<_, i64>(5)? as u64,
+                closed_at_ms: r.get::<_, i64>(6)? as u64,
+                test_loss: r.get(7)?,
+                test_accuracy: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The number the next round gets: one past the highest recorded round.
+    pub fn next_round(&self, task: &str) -> Result<u64, StoreError> {
+        let max: Option<i64> =
+            self.conn.query_row("SELECT MAX(round) FROM rounds WHERE task = ?1", [task], |r| r.get(0))?;
+        Ok(max.map_or(1, |m| m as u64 + 1))
+    }
+
+    /// Creates or refreshes a client's record.
+    pub fn touch_client(&self, task: &str, client_id: &str, token_hash: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO clients (task, client_id, token_hash, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT(task, client_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+            params![task, client_id, token_hash, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn client_token_hash(&self, task: &str, client_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT token_hash FROM clients WHERE task = ?1 AND client_id = ?2",
+                params![task, client_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Counts a finished (`ok`) or failed contribution and its round-trip time.
+    pub fn record_contribution(
+        &self,
+        task: &str,
+        client_id: &str,
+        ok: bool,
+        round_trip_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE clients SET rounds_completed = rounds_completed + ?3, failures = failures + ?4,
+                 last_round_trip_ms = COALESCE(?5, last_round_trip_ms)
+             WHERE task = ?1 AND client_id = ?2",
+            params![task, client_id, i64::from(ok), i64::from(!ok), round_trip_ms.map(|v| v as i64)],
+        )?;
+        Ok(())
+    }
+
+    pub fn clients(&self, task: &str) -> Result<Vec<ClientRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT client_id, first_seen_ms, last_seen_ms, rounds_completed, failures, last_round_trip_ms
+             FROM clients WHERE task = ?1 ORDER BY last_seen_ms DESC",
+        )?;
+        let rows = stmt.query_map([task], |r| {
+            Ok(ClientRecord {
+                client_id: r.get(0)?,
+                first_seen_ms: r.get::<_, i64>(1)? as u64,
+                last_seen_ms: r.get::<_, i64>(2)? as u64,
+                rounds_completed: r.get::<_, i64>(3)? as u64,
+                failures: r.get::<_, i64>(4)? as u64,
+                last_round_trip_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn insert_version(
+    conn: &Connection,
+    task: &str,
+    version: u64,
+    round: Option<u64>,
+    safetensors: &[u8],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO model_versions (task, version, round, safetensors, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![task, version as i64, round.map(|r| r as i64), safetensors, now_ms as i64],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::VersionExists { task: task.to_string(), version });
+    }
+    Ok(())
+}
+
+fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO rounds (task, round, outcome, version, selected, reports, opened_at_ms, closed_at_ms,
+                             test_loss, test_accuracy)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            task,
+            r.round as i64,
+            r.outcome.as_str(),
+            r.version.map(|v| v as i64),
+            r.selected as i64,
+            r.reports as i64,
+            r.opened_at_ms as i64,
+            r.closed_at_ms as i64,
+            r.test_loss,
+            r.test_accuracy
+        ],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(round: u64, version: Option<u64>, outcome: RoundOutcome) -> RoundRecord {
+        RoundRecord {
+            round,
+            outcome,
+            version,
+            selected: 5,
+            reports: 4,
+            opened_at_ms: 10,
+            closed_at_ms: 20,
+            test_loss: version.map(|_| 0.5),
+            test_accuracy: version.map(|_| 0.9),
+        }
+    }
+
+    #[test]
+    fn committed_versions_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            s.ensure_task("mnist", "{}", 1).unwrap();
+            s.put_initial_version("mnist", b"v0", 1).unwrap();
+            s.touch_client("mnist", "c1", "h", 2).unwrap();
+            s.commit_version("mnist", 1, b"v1", &record(1, Some(1), RoundOutcome::Closed), r#"{"steps":1}"#).unwrap();
+            s.record_abandoned("mnist", &record(2, None, RoundOutcome::Abandoned)).unwrap();
+            s.record_contribution("mnist", "c1", true, Some(1234)).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.latest_version("mnist").unwrap(), Some(StoredVersion { version: 1, safetensors: b"v1".to_vec() }));
+        assert_eq!(s.version("mnist", 0).unwrap().as_deref(), Some(&b"v0"[..]));
+        assert_eq!(s.versions("mnist").unwrap(), vec![0, 1]);
+        assert_eq!(s.next_round("mnist").unwrap(), 3);
+        assert_eq!(s.optimizer_state("mnist").unwrap().as_deref(), Some(r#"{"steps":1}"#));
+        let rounds = s.rounds("mnist").unwrap();
+        assert_eq!(rounds, vec![record(1, Some(1), RoundOutcome::Closed), record(2, None, RoundOutcome::Abandoned)]);
+        let clients = s.clients("mnist").unwrap();
+        assert_eq!((clients[0].rounds_completed, clients[0].last_round_trip_ms), (1, Some(1234)));
+        assert_eq!(s.client_token_hash("mnist", "c1").unwrap().as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_nothing_half_written() {
+        let mut s = Store::in_memory().unwrap();
+        s.ensure_task("t", "{}", 0).unwrap();
+        s.put_initial_version("t", b"v0", 0).unwrap();
+        s.commit_version("t", 1, b"v1", &record(1, Some(1), RoundOutcome::Closed), "{}").unwrap();
+        // Same round again with a new version: the round insert fails, so the version must not stay.
+        let err = s.commit_version("t", 2, b"v2", &record(1, Some(2), RoundOutcome::Closed), "{}").unwrap_err();
+        assert!(matches!(err, StoreError::Sql(_)), "{err}");
+        assert_eq!(s.versions("t").unwrap(), vec![0, 1]);
+        // And an existing version is never overwritten.
+        let err = s.commit_version("t", 1, b"other", &record(3, Some(1), RoundOutcome::Closed), "{}").unwrap_err();
+        assert!(matches!(err, StoreError::VersionExists { version: 1, .. }));
+        assert_eq!(s.version("t", 1).unwrap().as_deref(), Some(&b"v1"[..]));
+    }
+
+    #[test]
+    fn a_fresh_task_starts_at_round_one_and_keeps_its_first_config() {
+        let s = Store::in_memory().unwrap();
+        assert_eq!(s.ensure_task("t", r#"{"a":1}"#, 0).unwrap(), r#"{"a":1}"#);
+        assert_eq!(s.ensure_task("t", r#"{"a":2}"#, 0).unwrap(), r#"{"a":1}"#);
+        assert_eq!(s.next_round("t").unwrap(), 1);
+        assert_eq!(s.latest_version("t").unwrap(), None);
+    }
+}

@@ -1,0 +1,440 @@
+//! Protocol v1 over HTTP, driven through the router in-process (plus one real socket).
+//! The task is tiny and synthetic (4 features, 2 classes): these tests check the protocol and
+//! its refusals, not learning, so no accuracy is claimed from them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use webfl_shared::data::Dataset;
+use webfl_shared::model::ModelSpec;
+use webfl_shared::params::{Layout, Params};
+use webfl_shared::strategy::{StrategyConfig, StrategyKind};
+use webfl_shared::train::TrainPlan;
+
+use webfl_server::http::{AppState, MemoryStore, RoundOutcome, TaskSetup, VersionStore, app};
+use webfl_server::rounds::RoundPolicy;
+
+fn dataset() -> Dataset {
+    let n = 40;
+    let mut features = Vec::with_capacity(n * 4);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let label = (i % 2) as u32;
+        let sign = if label == 1 { 1.0 } else { -1.0 };
+        features.extend([sign, sign * 0.5, (i as f32) / n as f32, -sign]);
+        labels.push(label);
+    }
+    Dataset { sample_shape: vec![4], classes: 2, class_names: vec!["a".into(), "b".into()], features, labels }
+}
+
+fn setup(policy: RoundPolicy) -> TaskSetup {
+    let spec = ModelSpec::builtin("2nn", &[4], 2).unwrap();
+    let initial = spec.init_params(&mut webfl_shared::rng::derive(0, &[1])).unwrap();
+    TaskSetup {
+        name: "synthetic".into(),
+        spec,
+        plan: TrainPlan { epochs: 1, batch_size: 10, lr: 0.1, ..TrainPlan::default() },
+        policy,
+        strategy: StrategyConfig::new(StrategyKind::FedAvg),
+        test: dataset(),
+        initial,
+        upload_limit_bytes: None,
+    }
+}
+
+fn policy() -> RoundPolicy {
+    RoundPolicy { target_reports: 2, over_selection: 1.0, min_reports: 2, deadline_ms: 60_000, retry_after_ms: 100 }
+}
+
+fn state() -> AppState {
+    AppState::new(setup(policy())).unwrap()
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Bytes) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+async fn call_json(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let (status, body) = call(app, req).await;
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {}", String::from_utf8_lossy(&body)));
+    (status, json)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+struct Client {
+    id: String,
+    token: String,
+}
+
+/// Checks in a new client; returns it and the response.
+async fn checkin(app: &Router) -> (Client, Value) {
+    let req = Request::post("/api/v1/checkin")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"capabilities": {"backends": ["cpu"]}}"#))
+        .unwrap();
+    let (status, json) = call_json(app, req).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let client =
+        Client { id: json["client_id"].as_str().unwrap().into(), token: json["token"].as_str().unwrap().into() };
+    assert_eq!(client.token.len(), 32, "128-bit hex token");
+    (client, json)
+}
+
+fn upload_req(round: u64, headers: &[(&str, &str)], body: Vec<u8>) -> Request<Body> {
+    let mut req = Request::post(format!("/api/v1/rounds/{round}/update"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.header(header::CONTENT_TYPE, "application/octet-stream").body(Body::from(body)).unwrap()
+}
+
+async fn upload(
+    app: &Router,
+    c: &Client,
+    round: u64,
+    version: u64,
+    examples: u64,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let auth = format!("Bearer {}", c.token);
+    let (v, e) = (version.to_string(), examples.to_string());
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-webfl-client", c.id.as_str()),
+        ("x-webfl-model-version", v.as_str()),
+        ("x-webfl-examples", e.as_str()),
+    ];
+    call_json(app, upload_req(round, &headers, body)).await
+}
+
+async fn status(app: &Router) -> Value {
+    let (code, json) = call_json(app, get("/api/status")).await;
+    assert_eq!(code, StatusCode::OK);
+    json
+}
+
+async fn metrics(app: &Router) -> String {
+    let resp = app.clone().oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; version=0.0.4");
+    String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+async fn download(app: &Router, version: u64) -> Params {
+    let (code, bytes) = call(app, get(&format!("/api/v1/models/{version}"))).await;
+    assert_eq!(code, StatusCode::OK);
+    Params::from_safetensors_any(&bytes).unwrap()
+}
+
+/// A fake local model: the global one shifted by `by` everywhere.
+fn local_update(global: &Params, by: f32) -> Params {
+    let mut local = global.clone();
+    local.as_mut_slice().iter_mut().for_each(|v| *v += by);
+    local.delta_from(global).unwrap()
+}
+
+#[tokio::test]
+async fn a_round_runs_end_to_end() {
+    let app = app(state());
+    let (a, ja) = checkin(&app).await;
+    let (b, jb) = checkin(&app).await;
+    assert_ne!(a.id, b.id);
+    assert_ne!(a.token, b.token);
+    for j in [&ja, &jb] {
+        assert_eq!(j["status"], "assigned");
+        assert_eq!((j["round"].as_u64(), j["model_version"].as_u64()), (Some(1), Some(0)));
+        assert!(j["deadline_ms_from_now"].as_u64().unwrap() <= 60_000);
+        assert_eq!(j["plan"]["batch_size"], 10);
+        assert_eq!(j["model"]["input_shape"], serde_json::json!([4]));
+        assert!(j["upload_limit_bytes"].as_u64().unwrap() > 0);
+    }
+    let st = status(&app).await;
+    assert_eq!((st["model_version"].as_u64(), st["open_round"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(st["clients_connected"], 2);
+    assert!(st["test_accuracy"].is_null());
+
+    let global = download(&app, 0).await;
+    let (code, j) = upload(&app, &a, 1, 0, 10, local_update(&global, 1.0).to_safetensors().unwrap()).await;
+    assert_eq!((code, &j), (StatusCode::ACCEPTED, &serde_json::json!({"accepted": true, "round_closed": false})));
+    let (code, j) = upload(&app, &b, 1, 0, 30, local_update(&global, 3.0).to_safetensors().unwrap()).await;
+    assert_eq!((code, &j), (StatusCode::ACCEPTED, &serde_json::json!({"accepted": true, "round_closed": true})));
+
+    let st = status(&app).await;
+    assert_eq!(st["task"], "synthetic");
+    assert_eq!((st["model_version"].as_u64(), st["rounds_completed"].as_u64()), (Some(1), Some(1)));
+    assert!(st["open_round"].is_null());
+    let acc = st["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+
+    // FedAvg weighted by examples: (10·1 + 30·3) / 40 = 2.5 added to every parameter.
+    let v1 = download(&app, 1).await;
+    let l2 = local_update(&global, 2.5);
+    let expected: Vec<f32> = global.as_slice().iter().zip(l2.as_slice()).map(|(g, d)| g + d).collect();
+    for (got, want) in v1.as_slice().iter().zip(&expected) {
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    }
+    let m = metrics(&app).await;
+    for line in ["webfl_model_version 1", "webfl_rounds_completed_total 1", "webfl_updates_accepted_total 2"] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
+
+    // The next check-in opens round 2 on version 1; a known client resumes with its token.
+    let req = Request::post("/api/v1/checkin")
+        .header("authorization", format!("Bearer {}", a.token))
+        .body(Body::from(format!(r#"{{"client_id": "{}"}}"#, a.id)))
+        .unwrap();
+    let (code, j) = call_json(&app, req).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        (j["client_id"].as_str(), j["round"].as_u64(), j["model_version"].as_u64()),
+        (Some(a.id.as_str()), Some(2), Some(1))
+    );
+}
+
+/// Asserts a refusal: status code, `error` field, a message, and nothing changed.
+async fn refused(app: &Router, (code, json): (StatusCode, Value), want: StatusCode, error: &str, accepted: u64) {
+    assert_eq!(code, want, "{json}");
+    assert_eq!(json["error"], error, "{json}");
+    assert!(!json["message"].as_str().unwrap().is_empty());
+    let st = status(app).await;
+    assert_eq!(st["model_version"], 0, "{st}");
+    assert_eq!(st["updates_accepted"], accepted, "{st}");
+    assert_eq!(st["rounds_completed"], 0, "{st}");
+    assert_eq!(st["open_round"], 1, "{st}");
+}
+
+#[tokio::test]
+async fn every_refusal_is_json_and_changes_nothing() {
+    let state = state();
+    let limit = state.upload_limit_bytes();
+    let app = app(state);
+    let (a, _) = checkin(&app).await;
+    let (b, _) = checkin(&app).await;
+    // Selection is full (2 of 2): a third client gets an identity but no assignment.
+    let (c, jc) = checkin(&app).await;
+    assert_eq!(jc["status"], "retry");
+    assert!(jc["retry_after_ms"].as_u64().unwrap() > 0);
+
+    let global = download(&app, 0).await;
+    let good = || local_update(&global, 0.5).to_safetensors().unwrap();
+
+    // Malformed bodies and tensors.
+    refused(
+        &app,
+        upload(&app, &a, 1, 0, 5, b"definitely not safetensors".to_vec()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "bad_update",
+        0,
+    )
+    .await;
+    let mut specs = global.layout().tensors().to_vec();
+    specs[0].shape[0] += 1;
+    let wrong_shape = Params::zeros(Arc::new(Layout::new(specs).unwrap()));
+    refused(
+        &app,
+        upload(&app, &a, 1, 0, 5, wrong_shape.to_safetensors().unwrap()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "bad_update",
+        0,
+    )
+    .await;
+    let mut nan = local_update(&global, 0.5);
+    nan.as_mut_slice()[3] = f32::NAN;
+    refused(
+        &app,
+        upload(&app, &a, 1, 0, 5, nan.to_safetensors().unwrap()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "bad_update",
+        0,
+    )
+    .await;
+    refused(
+        &app,
+        upload(&app, &a, 1, 0, 5, vec![0u8; limit + 1]).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        0,
+    )
+    .await;
+    refused(&app, upload(&app, &a, 1, 0, 0, good()).await, StatusCode::UNPROCESSABLE_ENTITY, "no_examples", 0).await;
+
+    // Wrong round or version.
+    refused(&app, upload(&app, &a, 2, 0, 5, good()).await, StatusCode::CONFLICT, "wrong_round", 0).await;
+    refused(&app, upload(&app, &a, 1, 7, 5, good()).await, StatusCode::CONFLICT, "wrong_model_version", 0).await;
+
+    // Identity.
+    let forged = Client { id: a.id.clone(), token: b.token.clone() };
+    refused(&app, upload(&app, &forged, 1, 0, 5, good()).await, StatusCode::FORBIDDEN, "forbidden", 0).await;
+    let stranger = Client { id: "nobody".into(), token: a.token.clone() };
+    refused(&app, upload(&app, &stranger, 1, 0, 5, good()).await, StatusCode::UNAUTHORIZED, "unauthorized", 0).await;
+    refused(&app, upload(&app, &c, 1, 0, 5, good()).await, StatusCode::FORBIDDEN, "not_selected", 0).await;
+    let no_token = [("x-webfl-client", a.id.as_str()), ("x-webfl-model-version", "0"), ("x-webfl-examples", "5")];
+    refused(&app, call_json(&app, upload_req(1, &no_token, good())).await, StatusCode::UNAUTHORIZED, "unauthorized", 0)
+        .await;
+
+    // Missing or malformed headers and paths.
+    let auth = format!("Bearer {}", a.token);
+    let no_examples =
+        [("authorization", auth.as_str()), ("x-webfl-client", a.id.as_str()), ("x-webfl-model-version", "0")];
+    refused(
+        &app,
+        call_json(&app, upload_req(1, &no_examples, good())).await,
+        StatusCode::BAD_REQUEST,
+        "missing_header",
+        0,
+    )
+    .await;
+    let bad_version = [
+        ("authorization", auth.as_str()),
+        ("x-webfl-client", a.id.as_str()),
+        ("x-webfl-model-version", "latest"),
+        ("x-webfl-examples", "5"),
+    ];
+    refused(
+        &app,
+        call_json(&app, upload_req(1, &bad_version, good())).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        0,
+    )
+    .await;
+    let req = Request::post("/api/v1/rounds/one/update").body(Body::empty()).unwrap();
+    refused(&app, call_json(&app, req).await, StatusCode::BAD_REQUEST, "bad_request", 0).await;
+
+    // Check-in refusals.
+    let req = Request::post("/api/v1/checkin").body(Body::from("{not json")).unwrap();
+    refused(&app, call_json(&app, req).await, StatusCode::BAD_REQUEST, "bad_json", 0).await;
+    let req = Request::post("/api/v1/checkin").body(Body::from(format!(r#"{{"client_id": "{}"}}"#, a.id))).unwrap();
+    refused(&app, call_json(&app, req).await, StatusCode::UNAUTHORIZED, "unauthorized", 0).await;
+
+    // Unknown things.
+    refused(&app, call_json(&app, get("/api/v1/models/1")).await, StatusCode::NOT_FOUND, "not_found", 0).await;
+    refused(&app, call_json(&app, get("/api/v1/models/x")).await, StatusCode::BAD_REQUEST, "bad_request", 0).await;
+    refused(&app, call_json(&app, get("/api/v2/nothing")).await, StatusCode::NOT_FOUND, "not_found", 0).await;
+
+    // After all that, a's good update still counts, once.
+    let (code, j) = upload(&app, &a, 1, 0, 5, good()).await;
+    assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(false)));
+    refused(&app, upload(&app, &a, 1, 0, 5, good()).await, StatusCode::CONFLICT, "already_reported", 1).await;
+
+    let m = metrics(&app).await;
+    for line in [
+        "webfl_updates_accepted_total 1",
+        r#"webfl_updates_rejected_total{reason="bad_update"} 3"#,
+        r#"webfl_updates_rejected_total{reason="payload_too_large"} 1"#,
+        r#"webfl_updates_rejected_total{reason="already_reported"} 1"#,
+        "webfl_model_version 0",
+        "webfl_test_accuracy NaN",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
+}
+
+fn manual_clock() -> (Arc<AtomicU64>, webfl_server::http::Clock) {
+    let now = Arc::new(AtomicU64::new(1_000));
+    let read = now.clone();
+    (now, Arc::new(move || read.load(Ordering::SeqCst)))
+}
+
+#[tokio::test]
+async fn deadlines_close_or_abandon_rounds() {
+    let (now, clock) = manual_clock();
+    let pol = RoundPolicy { min_reports: 1, ..policy() };
+    let state = AppState::with_store_and_clock(setup(pol), Box::new(MemoryStore::default()), clock).unwrap();
+    let app = app(state.clone());
+    let (a, _) = checkin(&app).await;
+    checkin(&app).await;
+    let global = download(&app, 0).await;
+    let (code, _) = upload(&app, &a, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    state.tick().await; // before the deadline: nothing happens
+    assert_eq!(status(&app).await["open_round"], 1);
+
+    now.fetch_add(60_000, Ordering::SeqCst);
+    let (code, j) = upload(&app, &a, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
+    assert_eq!((code, j["error"].as_str()), (StatusCode::CONFLICT, Some("already_reported")));
+    state.tick().await;
+    let st = status(&app).await;
+    assert_eq!((st["model_version"].as_u64(), st["rounds_completed"].as_u64()), (Some(1), Some(1)));
+
+    // Round 2: nobody reports, so the deadline abandons it.
+    let (_, j) = checkin(&app).await;
+    assert_eq!(j["round"], 2);
+    now.fetch_add(60_000, Ordering::SeqCst);
+    state.tick().await;
+    let outcomes: Vec<_> = state.history().iter().map(|r| (r.round, r.version, r.outcome)).collect();
+    assert_eq!(outcomes, vec![(1, Some(1), RoundOutcome::ClosedByDeadline), (2, None, RoundOutcome::Abandoned)]);
+    assert!(metrics(&app).await.lines().any(|l| l == "webfl_rounds_abandoned_total 1"));
+    assert_eq!(status(&app).await["model_version"], 1);
+}
+
+/// Stores version 0 and then refuses everything.
+struct FailingStore(MemoryStore);
+
+impl VersionStore for FailingStore {
+    fn put(&mut self, version: u64, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
+        if version == 0 { self.0.put(version, bytes) } else { anyhow::bail!("disk full") }
+    }
+
+    fn get(&self, version: u64) -> Option<Arc<Vec<u8>>> {
+        self.0.get(version)
+    }
+}
+
+#[tokio::test]
+async fn a_version_that_cannot_be_stored_is_never_announced() {
+    let (_, clock) = manual_clock();
+    let store = Box::new(FailingStore(MemoryStore::default()));
+    let state = AppState::with_store_and_clock(setup(policy()), store, clock).unwrap();
+    let app = app(state.clone());
+    let (a, _) = checkin(&app).await;
+    let (b, _) = checkin(&app).await;
+    let global = download(&app, 0).await;
+    upload(&app, &a, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
+    let (code, j) = upload(&app, &b, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
+    assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(false)));
+    let st = status(&app).await;
+    assert_eq!((st["model_version"].as_u64(), st["rounds_completed"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(state.history()[0].outcome, RoundOutcome::StoreFailed);
+    // Clients carry on from version 0 in a fresh round.
+    let (_, j) = checkin(&app).await;
+    assert_eq!((j["round"].as_u64(), j["model_version"].as_u64()), (Some(2), Some(0)));
+}
+
+#[tokio::test]
+async fn serves_on_a_real_socket() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(axum::serve(listener, app(state())).into_future());
+    // A plain blocking socket on another thread: no HTTP client library involved.
+    let raw = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        stream.write_all(b"GET /api/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        raw
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    let json: Value = serde_json::from_str(body).unwrap();
+    assert_eq!((json["task"].as_str(), json["model_version"].as_u64()), (Some("synthetic"), Some(0)));
+    server.abort();
+}
