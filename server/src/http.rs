@@ -37,6 +37,7 @@ use webfl_shared::train::TrainPlan;
 
 use crate::rounds::{CheckIn, Coordinator, PendingCommit, RoundError, RoundPolicy, Settled};
 use crate::simulate;
+use crate::store::{MemoryStore, RoundOutcome, RoundRecord, TaskStore, unix_ms};
 
 /// Protocol version spoken by this server (the `/api/v1` prefix).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -50,63 +51,8 @@ const UPLOAD_HEADER_SLACK_BYTES: usize = 64 * 1024;
 const TICK_EVERY: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------------------------------------
-// Version storage
-// ---------------------------------------------------------------------------------------------
-
-/// Where committed model versions live. A version is stored before it is announced, so a failed
-/// `put` means the round's result is discarded and the previous version stays current.
-pub trait VersionStore: Send {
-    fn put(&mut self, version: u64, bytes: Arc<Vec<u8>>) -> anyhow::Result<()>;
-    fn get(&self, version: u64) -> Option<Arc<Vec<u8>>>;
-}
-
-/// Keeps every version in memory (lost on restart).
-#[derive(Default)]
-pub struct MemoryStore {
-    versions: BTreeMap<u64, Arc<Vec<u8>>>,
-}
-
-impl VersionStore for MemoryStore {
-    fn put(&mut self, version: u64, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
-        self.versions.insert(version, bytes);
-        Ok(())
-    }
-
-    fn get(&self, version: u64) -> Option<Arc<Vec<u8>>> {
-        self.versions.get(&version).cloned()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // State
 // ---------------------------------------------------------------------------------------------
-
-/// How a round ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RoundOutcome {
-    /// Reached its target number of updates.
-    Closed,
-    /// Aggregated at its deadline from at least the minimum number of updates.
-    ClosedByDeadline,
-    /// Too few updates by the deadline; discarded.
-    Abandoned,
-    /// Aggregated, but the new version could not be stored; discarded.
-    StoreFailed,
-}
-
-/// One settled round.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RoundRecord {
-    pub round: u64,
-    /// The version this round produced (None when it produced none).
-    pub version: Option<u64>,
-    pub reports: usize,
-    pub selected: usize,
-    pub test_loss: Option<f64>,
-    pub test_accuracy: Option<f64>,
-    pub outcome: RoundOutcome,
-}
 
 /// Everything a task needs to be served.
 pub struct TaskSetup {
@@ -150,7 +96,7 @@ struct Metrics {
 struct Inner {
     coordinator: Coordinator,
     clients: HashMap<String, Client>,
-    store: Box<dyn VersionStore>,
+    store: Box<dyn TaskStore>,
     history: Vec<RoundRecord>,
     metrics: Metrics,
 }
@@ -166,56 +112,50 @@ pub struct AppState {
 impl AppState {
     /// Serves `setup` with versions kept in memory and a real monotonic clock.
     pub fn new(setup: TaskSetup) -> anyhow::Result<Self> {
-        let start = Instant::now();
-        Self::with_store_and_clock(
-            setup,
-            Box::new(MemoryStore::default()),
-            Arc::new(move || start.elapsed().as_millis() as u64),
-        )
+        Self::with_store(setup, Box::new(MemoryStore::default()))
     }
 
-    pub fn with_store_and_clock(
-        setup: TaskSetup,
-        mut store: Box<dyn VersionStore>,
-        clock: Clock,
-    ) -> anyhow::Result<Self> {
+    /// Serves `setup` from `store`, resuming its last committed version if it has one.
+    pub fn with_store(setup: TaskSetup, store: Box<dyn TaskStore>) -> anyhow::Result<Self> {
+        let start = Instant::now();
+        Self::with_store_and_clock(setup, store, Arc::new(move || start.elapsed().as_millis() as u64))
+    }
+
+    pub fn with_store_and_clock(setup: TaskSetup, mut store: Box<dyn TaskStore>, clock: Clock) -> anyhow::Result<Self> {
         setup.plan.validate().context("invalid training plan")?;
         let layout = setup.spec.layout().context("invalid model")?;
         setup.initial.check_same_layout(&Params::zeros(Arc::new(layout))).context("initial parameters")?;
-        let bytes = setup.initial.to_safetensors().context("serialising the initial model")?;
         let upload_limit_bytes =
             setup.upload_limit_bytes.unwrap_or(setup.initial.len() * 4 + UPLOAD_HEADER_SLACK_BYTES);
-        store.put(0, Arc::new(bytes)).context("storing model version 0")?;
-        let strategy = setup.strategy.build().context("invalid strategy")?;
-        let coordinator = Coordinator::new(setup.policy, strategy, setup.initial, 0, 1)?;
+        let mut strategy = setup.strategy.build().context("invalid strategy")?;
+        // Continue from the last committed version if the store has one; otherwise start at 0.
+        let (global, version, history) = match store.resume().context("reading the stored task")? {
+            Some(resume) => {
+                let params = Params::from_safetensors(setup.initial.layout().clone(), &resume.bytes)
+                    .context("the stored model does not match the task's model")?;
+                if let Some(state) = resume.optimizer {
+                    strategy.restore_optimizer_state(state).context("restoring the server optimizer")?;
+                }
+                tracing::info!(version = resume.version, rounds = resume.history.len(), "resuming stored task");
+                (params, resume.version, resume.history)
+            }
+            None => {
+                let bytes = setup.initial.to_safetensors().context("serialising the initial model")?;
+                store.put_initial(Arc::new(bytes)).context("storing model version 0")?;
+                (setup.initial, 0, Vec::new())
+            }
+        };
+        let next_round = history.iter().map(|r| r.round).max().map_or(1, |r| r + 1);
+        let coordinator = Coordinator::new(setup.policy, strategy, global, version, next_round)?;
         let task = Task { name: setup.name, spec: setup.spec, plan: setup.plan, test: setup.test, upload_limit_bytes };
-        let inner =
-            Inner { coordinator, clients: HashMap::new(), store, history: Vec::new(), metrics: Metrics::default() };
+        let inner = Inner { coordinator, clients: HashMap::new(), store, history, metrics: Metrics::default() };
         Ok(Self { task: Arc::new(task), inner: Arc::new(Mutex::new(inner)), clock })
     }
 
     /// The default task: MNIST with the `2nn` model, FedAvg, 4 updates per round (1.3×
     /// over-selection, at least 2 by the 60 s deadline).
     pub fn new_default(data: Split) -> anyhow::Result<Self> {
-        let test = data.test;
-        let spec = ModelSpec::builtin("2nn", &test.sample_shape, test.classes)?;
-        let initial = spec.init_params(&mut webfl_shared::rng::derive(0, &[1]))?;
-        Self::new(TaskSetup {
-            name: "mnist".into(),
-            spec,
-            plan: TrainPlan { epochs: 1, batch_size: 10, lr: 0.1, ..TrainPlan::default() },
-            policy: RoundPolicy {
-                target_reports: 4,
-                over_selection: 1.3,
-                min_reports: 2,
-                deadline_ms: 60_000,
-                retry_after_ms: 2_000,
-            },
-            strategy: StrategyConfig::new(StrategyKind::FedAvg),
-            test,
-            initial,
-            upload_limit_bytes: None,
-        })
+        Self::new(default_task(data)?)
     }
 
     pub fn upload_limit_bytes(&self) -> usize {
@@ -229,6 +169,11 @@ impl AppState {
 
     fn now(&self) -> u64 {
         (self.clock)()
+    }
+
+    /// Converts a time on the coordinator's monotonic clock into wall-clock Unix milliseconds.
+    fn wall_ms_of(&self, monotonic_ms: u64) -> u64 {
+        unix_ms().saturating_sub(self.now().saturating_sub(monotonic_ms))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -251,6 +196,30 @@ impl AppState {
     }
 }
 
+/// The default task: MNIST with the `2nn` model, FedAvg, 4 updates per round (1.3×
+/// over-selection, at least 2 by the 60 s deadline).
+pub fn default_task(data: Split) -> anyhow::Result<TaskSetup> {
+    let test = data.test;
+    let spec = ModelSpec::builtin("2nn", &test.sample_shape, test.classes)?;
+    let initial = spec.init_params(&mut webfl_shared::rng::derive(0, &[1]))?;
+    Ok(TaskSetup {
+        name: "mnist".into(),
+        spec,
+        plan: TrainPlan { epochs: 1, batch_size: 10, lr: 0.1, ..TrainPlan::default() },
+        policy: RoundPolicy {
+            target_reports: 4,
+            over_selection: 1.3,
+            min_reports: 2,
+            deadline_ms: 60_000,
+            retry_after_ms: 2_000,
+        },
+        strategy: StrategyConfig::new(StrategyKind::FedAvg),
+        test,
+        initial,
+        upload_limit_bytes: None,
+    })
+}
+
 /// Applies round deadlines every ~250 ms until the runtime shuts down.
 pub fn spawn_ticker(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -268,19 +237,25 @@ pub fn spawn_ticker(state: AppState) -> tokio::task::JoinHandle<()> {
 /// was committed.
 async fn settle(state: &AppState, settled: Settled) -> bool {
     match settled {
-        Settled::Abandoned { round, reports, selected } => {
+        Settled::Abandoned { round, reports, selected, opened_at_ms } => {
             tracing::info!(round, reports, selected, "round abandoned: too few updates by its deadline");
-            let mut inner = state.lock();
-            inner.metrics.rounds_abandoned += 1;
-            inner.history.push(RoundRecord {
+            let record = RoundRecord {
                 round,
+                outcome: RoundOutcome::Abandoned,
                 version: None,
-                reports,
-                selected,
+                selected: selected as u64,
+                reports: reports as u64,
+                opened_at_ms: state.wall_ms_of(opened_at_ms),
+                closed_at_ms: unix_ms(),
                 test_loss: None,
                 test_accuracy: None,
-                outcome: RoundOutcome::Abandoned,
-            });
+            };
+            let mut inner = state.lock();
+            inner.metrics.rounds_abandoned += 1;
+            if let Err(e) = inner.store.record_abandoned(&record) {
+                tracing::warn!(round, error = %e, "recording an abandoned round failed");
+            }
+            inner.history.push(record);
             false
         }
         Settled::Closed(pending) => {
@@ -306,20 +281,25 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                     (None, None)
                 }
             };
-            let mut inner = state.lock();
-            let PendingCommit { round, version, reports, selected, closed_by_deadline, .. } = *pending;
+            let PendingCommit { round, version, reports, selected, closed_by_deadline, opened_at_ms, .. } = *pending;
             let mut record = RoundRecord {
                 round,
+                outcome: if closed_by_deadline { RoundOutcome::ClosedByDeadline } else { RoundOutcome::Closed },
                 version: Some(version),
-                reports,
-                selected,
+                selected: selected as u64,
+                reports: reports as u64,
+                opened_at_ms: state.wall_ms_of(opened_at_ms),
+                closed_at_ms: unix_ms(),
                 test_loss,
                 test_accuracy,
-                outcome: if closed_by_deadline { RoundOutcome::ClosedByDeadline } else { RoundOutcome::Closed },
             };
+            let mut inner = state.lock();
+            // The optimizer state after this round's step is part of the commit; the coordinator's
+            // strategy has already taken that step when it produced the pending version.
+            let optimizer = inner.coordinator.optimizer_state();
             let stored = bytes
                 .map_err(anyhow::Error::from)
-                .and_then(|b| inner.store.put(version, Arc::new(b)))
+                .and_then(|b| inner.store.commit(version, Arc::new(b), &record, &optimizer))
                 .and_then(|()| inner.coordinator.commit(*pending).map_err(anyhow::Error::from));
             let committed = match stored {
                 Ok(()) => {
@@ -590,7 +570,7 @@ fn parse_u64(what: &str, text: &str) -> Result<u64, AppError> {
 
 async fn model(State(state): State<AppState>, Path(version): Path<String>) -> Result<Response, AppError> {
     let version = parse_u64("the model version", &version)?;
-    let bytes = state.lock().store.get(version);
+    let bytes = state.lock().store.get(version).map_err(|e| AppError::Internal(format!("reading the model: {e}")))?;
     let Some(bytes) = bytes else {
         return Err(AppError::NotFound(format!("no model version {version}")));
     };

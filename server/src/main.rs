@@ -8,7 +8,7 @@ use webfl_shared::data::partition::{Partition, histogram_table, partition};
 use webfl_shared::strategy::StrategyKind;
 
 use webfl_server::simulate::{self, SimConfig};
-use webfl_server::{bench, datasets, http};
+use webfl_server::{bench, datasets, http, store};
 
 #[derive(Parser)]
 #[command(name = "webfl", version, about = "Federated learning with browser clients")]
@@ -46,6 +46,9 @@ enum Command {
         /// Address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it.
         #[arg(long, default_value = "127.0.0.1")]
         host: std::net::IpAddr,
+        /// Folder of the embedded store (SQLite); created if missing, resumed if present.
+        #[arg(long, default_value = "./webfl-data")]
+        data: PathBuf,
     },
 }
 
@@ -190,19 +193,25 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
-        Command::Serve { port, host } => serve(std::net::SocketAddr::new(host, port)),
+        Command::Serve { port, host, data } => serve(std::net::SocketAddr::new(host, port), &data),
     }
 }
 
-fn serve(addr: std::net::SocketAddr) -> Result<()> {
+fn serve(addr: std::net::SocketAddr, data: &std::path::Path) -> Result<()> {
     let split = datasets::load("mnist", &Default::default(), 0.2, 0)?;
-    let state = http::AppState::new_default(split)?;
-    tracing::warn!("model versions are kept in memory only: persistence is not implemented yet");
+    let task = http::default_task(split)?;
+    let config =
+        serde_json::json!({ "model": task.spec, "plan": task.plan, "strategy": task.strategy.kind.to_string() });
+    let store = store::TaskDb::open(data, &task.name, &config.to_string(), store::unix_ms())
+        .with_context(|| format!("opening the store in {}", data.display()))?;
+    let state = http::AppState::with_store(task, Box::new(store))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(url = %format!("http://{local}/"), upload_limit_bytes = state.upload_limit_bytes(), "webfl serving");
+        // On stdout too, so scripts and tests that bind port 0 learn the address.
+        println!("webfl serving at http://{local}/");
         let ticker = http::spawn_ticker(state.clone());
         axum::serve(listener, http::app(state))
             .with_graceful_shutdown(async {

@@ -95,6 +95,8 @@ pub enum CheckIn {
 #[derive(Debug)]
 pub struct PendingCommit {
     pub round: u64,
+    /// When the round opened, on the coordinator's clock.
+    pub opened_at_ms: u64,
     pub version: u64,
     pub params: Params,
     pub summary: RoundSummary,
@@ -109,7 +111,7 @@ pub enum Settled {
     /// The round closed; evaluate, store durably, then [`Coordinator::commit`].
     Closed(Box<PendingCommit>),
     /// The deadline passed with too few updates; the partial aggregate was discarded.
-    Abandoned { round: u64, reports: usize, selected: usize },
+    Abandoned { round: u64, reports: usize, selected: usize, opened_at_ms: u64 },
 }
 
 #[derive(Debug)]
@@ -161,6 +163,11 @@ impl Coordinator {
 
     pub fn global(&self) -> &Params {
         &self.global
+    }
+
+    /// The server optimizer's state (moments, step count), persisted with every version.
+    pub fn optimizer_state(&self) -> webfl_shared::strategy::OptimizerState {
+        self.strategy.optimizer_state()
     }
 
     pub fn policy(&self) -> &RoundPolicy {
@@ -255,7 +262,12 @@ impl Coordinator {
         if open.reports >= self.policy.min_reports {
             return self.close(true).map(Some);
         }
-        let settled = Settled::Abandoned { round: open.id, reports: open.reports, selected: open.selected.len() };
+        let settled = Settled::Abandoned {
+            round: open.id,
+            reports: open.reports,
+            selected: open.selected.len(),
+            opened_at_ms: open.opened_at_ms,
+        };
         self.strategy.discard_round();
         self.phase = Phase::Idle;
         Ok(Some(settled))
@@ -277,6 +289,7 @@ impl Coordinator {
         self.phase = Phase::Committing { version };
         Ok(Settled::Closed(Box::new(PendingCommit {
             round: open.id,
+            opened_at_ms: open.opened_at_ms,
             version,
             params,
             summary,
@@ -414,7 +427,7 @@ mod tests {
 
         // Nobody reports in round 2: it is abandoned, the model is unchanged, round 3 opens.
         c.check_in("a", 2000);
-        let Some(Settled::Abandoned { round: 2, reports: 0, selected: 1 }) = c.tick(3000).unwrap() else {
+        let Some(Settled::Abandoned { round: 2, reports: 0, selected: 1, .. }) = c.tick(3000).unwrap() else {
             panic!("round without reports should be abandoned")
         };
         assert_eq!(c.version(), 1);

@@ -9,10 +9,13 @@
 //! round record and the server optimizer's state into a single transaction: after a crash either
 //! all of a round is there or none of it, and a version is never announced before this returns.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use webfl_shared::strategy::OptimizerState;
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
 const SCHEMA_VERSION: i64 = 1;
@@ -40,6 +43,8 @@ pub enum RoundOutcome {
     Closed,
     ClosedByDeadline,
     Abandoned,
+    /// Aggregated, but the new version could not be stored; discarded (never in the database).
+    StoreFailed,
 }
 
 impl RoundOutcome {
@@ -48,6 +53,7 @@ impl RoundOutcome {
             RoundOutcome::Closed => "closed",
             RoundOutcome::ClosedByDeadline => "closed_by_deadline",
             RoundOutcome::Abandoned => "abandoned",
+            RoundOutcome::StoreFailed => "store_failed",
         }
     }
 
@@ -56,6 +62,7 @@ impl RoundOutcome {
             "closed" => RoundOutcome::Closed,
             "closed_by_deadline" => RoundOutcome::ClosedByDeadline,
             "abandoned" => RoundOutcome::Abandoned,
+            "store_failed" => RoundOutcome::StoreFailed,
             _ => return None,
         })
     }
@@ -328,6 +335,143 @@ impl Store {
     }
 }
 
+/// Where one task's committed state lives. Every recording method returns only once the write
+/// is durable, so a version is never announced before it would survive a crash.
+pub trait TaskStore: Send {
+    /// Stores version 0 of a new task.
+    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()>;
+    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>>;
+    /// Records a closed round: its new version, its record and the optimizer state, atomically.
+    fn commit(
+        &mut self,
+        version: u64,
+        bytes: Arc<Vec<u8>>,
+        record: &RoundRecord,
+        optimizer: &OptimizerState,
+    ) -> anyhow::Result<()>;
+    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()>;
+    /// What a restarted server continues from; `None` for a task that has never been stored.
+    fn resume(&self) -> anyhow::Result<Option<Resume>>;
+}
+
+/// The last committed state of a task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resume {
+    pub version: u64,
+    pub bytes: Vec<u8>,
+    pub history: Vec<RoundRecord>,
+    pub optimizer: Option<OptimizerState>,
+}
+
+/// Keeps everything in memory (lost on restart); for tests and throwaway servers.
+#[derive(Default)]
+pub struct MemoryStore {
+    versions: BTreeMap<u64, Arc<Vec<u8>>>,
+    history: Vec<RoundRecord>,
+    optimizer: Option<OptimizerState>,
+}
+
+impl TaskStore for MemoryStore {
+    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
+        self.versions.insert(0, bytes);
+        Ok(())
+    }
+
+    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
+        Ok(self.versions.get(&version).cloned())
+    }
+
+    fn commit(
+        &mut self,
+        version: u64,
+        bytes: Arc<Vec<u8>>,
+        record: &RoundRecord,
+        optimizer: &OptimizerState,
+    ) -> anyhow::Result<()> {
+        self.versions.insert(version, bytes);
+        self.history.push(record.clone());
+        self.optimizer = Some(optimizer.clone());
+        Ok(())
+    }
+
+    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()> {
+        self.history.push(record.clone());
+        Ok(())
+    }
+
+    fn resume(&self) -> anyhow::Result<Option<Resume>> {
+        Ok(self.versions.iter().next_back().map(|(&version, bytes)| Resume {
+            version,
+            bytes: bytes.to_vec(),
+            history: self.history.clone(),
+            optimizer: self.optimizer.clone(),
+        }))
+    }
+}
+
+/// One task's view of the SQLite [`Store`].
+pub struct TaskDb {
+    db: Store,
+    task: String,
+}
+
+impl TaskDb {
+    /// Opens `<dir>/webfl.db` for `task`, registering it with `config_json` if new.
+    pub fn open(dir: &Path, task: &str, config_json: &str, now_ms: u64) -> Result<Self, StoreError> {
+        let db = Store::open(dir)?;
+        db.ensure_task(task, config_json, now_ms)?;
+        Ok(Self { db, task: task.to_string() })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.db
+    }
+}
+
+impl TaskStore for TaskDb {
+    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
+        Ok(self.db.put_initial_version(&self.task, &bytes, unix_ms())?)
+    }
+
+    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
+        Ok(self.db.version(&self.task, version)?.map(Arc::new))
+    }
+
+    fn commit(
+        &mut self,
+        version: u64,
+        bytes: Arc<Vec<u8>>,
+        record: &RoundRecord,
+        optimizer: &OptimizerState,
+    ) -> anyhow::Result<()> {
+        let state = serde_json::to_string(optimizer)?;
+        Ok(self.db.commit_version(&self.task, version, &bytes, record, &state)?)
+    }
+
+    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()> {
+        Ok(self.db.record_abandoned(&self.task, record)?)
+    }
+
+    fn resume(&self) -> anyhow::Result<Option<Resume>> {
+        let Some(latest) = self.db.latest_version(&self.task)? else { return Ok(None) };
+        let optimizer = match self.db.optimizer_state(&self.task)? {
+            Some(json) => Some(serde_json::from_str(&json)?),
+            None => None,
+        };
+        Ok(Some(Resume {
+            version: latest.version,
+            bytes: latest.safetensors,
+            history: self.db.rounds(&self.task)?,
+            optimizer,
+        }))
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, for records people read.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 fn insert_version(
     conn: &Connection,
     task: &str,
@@ -425,6 +569,25 @@ mod tests {
         let err = s.commit_version("t", 1, b"other", &record(3, Some(1), RoundOutcome::Closed), "{}").unwrap_err();
         assert!(matches!(err, StoreError::VersionExists { version: 1, .. }));
         assert_eq!(s.version("t", 1).unwrap().as_deref(), Some(&b"v1"[..]));
+    }
+
+    #[test]
+    fn task_db_resumes_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = OptimizerState { steps: 3, ..Default::default() };
+        {
+            let mut db = TaskDb::open(dir.path(), "t", "{}", 0).unwrap();
+            assert_eq!(db.resume().unwrap(), None);
+            db.put_initial(Arc::new(b"v0".to_vec())).unwrap();
+            db.commit(1, Arc::new(b"v1".to_vec()), &record(1, Some(1), RoundOutcome::Closed), &state).unwrap();
+            db.record_abandoned(&record(2, None, RoundOutcome::Abandoned)).unwrap();
+        }
+        let db = TaskDb::open(dir.path(), "t", "{}", 0).unwrap();
+        let resume = db.resume().unwrap().unwrap();
+        assert_eq!((resume.version, resume.bytes.as_slice()), (1, &b"v1"[..]));
+        assert_eq!(resume.history.len(), 2);
+        assert_eq!(resume.optimizer, Some(state));
+        assert_eq!(db.get(0).unwrap().as_deref().map(Vec::as_slice), Some(&b"v0"[..]));
     }
 
     #[test]

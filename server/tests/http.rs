@@ -17,8 +17,10 @@ use webfl_shared::params::{Layout, Params};
 use webfl_shared::strategy::{StrategyConfig, StrategyKind};
 use webfl_shared::train::TrainPlan;
 
-use webfl_server::http::{AppState, MemoryStore, RoundOutcome, TaskSetup, VersionStore, app};
+use webfl_server::http::{AppState, TaskSetup, app};
 use webfl_server::rounds::RoundPolicy;
+use webfl_server::store::{MemoryStore, Resume, RoundOutcome, RoundRecord, TaskStore};
+use webfl_shared::strategy::OptimizerState;
 
 fn dataset() -> Dataset {
     let n = 40;
@@ -383,13 +385,25 @@ async fn deadlines_close_or_abandon_rounds() {
 /// Stores version 0 and then refuses everything.
 struct FailingStore(MemoryStore);
 
-impl VersionStore for FailingStore {
-    fn put(&mut self, version: u64, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
-        if version == 0 { self.0.put(version, bytes) } else { anyhow::bail!("disk full") }
+impl TaskStore for FailingStore {
+    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
+        self.0.put_initial(bytes)
     }
 
-    fn get(&self, version: u64) -> Option<Arc<Vec<u8>>> {
+    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
         self.0.get(version)
+    }
+
+    fn commit(&mut self, _: u64, _: Arc<Vec<u8>>, _: &RoundRecord, _: &OptimizerState) -> anyhow::Result<()> {
+        anyhow::bail!("disk full")
+    }
+
+    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()> {
+        self.0.record_abandoned(record)
+    }
+
+    fn resume(&self) -> anyhow::Result<Option<Resume>> {
+        self.0.resume()
     }
 }
 
@@ -437,4 +451,37 @@ async fn serves_on_a_real_socket() {
     let json: Value = serde_json::from_str(body).unwrap();
     assert_eq!((json["task"].as_str(), json["model_version"].as_u64()), (Some("synthetic"), Some(0)));
     server.abort();
+}
+
+/// A server restarted on the same SQLite folder resumes from its last committed version: the
+/// version, the round numbering, the history and the stored models all survive, and a new round
+/// trains on the resumed version.
+#[tokio::test]
+async fn a_restart_resumes_the_last_committed_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let db = webfl_server::store::TaskDb::open(dir.path(), "synthetic", "{}", 0).unwrap();
+        AppState::with_store(setup(policy()), Box::new(db)).unwrap()
+    };
+    let v1 = {
+        let app = app(open());
+        let (a, _) = checkin(&app).await;
+        let (b, _) = checkin(&app).await;
+        let (_, m0) = call(&app, get("/api/v1/models/0")).await;
+        let global = Params::from_safetensors_any(&m0).unwrap();
+        let mut local = global.clone();
+        local.as_mut_slice().iter_mut().for_each(|v| *v += 0.25);
+        let delta = local.delta_from(&global).unwrap().to_safetensors().unwrap();
+        assert_eq!(upload(&app, &a, 1, 0, 10, delta.clone()).await.0, StatusCode::ACCEPTED);
+        assert_eq!(upload(&app, &b, 1, 0, 10, delta).await.0, StatusCode::ACCEPTED);
+        assert_eq!(status(&app).await["model_version"], 1);
+        call(&app, get("/api/v1/models/1")).await.1
+    };
+    // The old state is gone (as after a crash); only the folder remains.
+    let app = app(open());
+    let s = status(&app).await;
+    assert_eq!((s["model_version"].as_u64(), s["rounds_completed"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(call(&app, get("/api/v1/models/1")).await.1, v1);
+    let (_, json) = checkin(&app).await;
+    assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(2), Some(1)), "{json}");
 }
