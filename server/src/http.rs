@@ -29,10 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use webfl_shared::data::{Dataset, Split};
+use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
-use webfl_shared::strategy::{StrategyConfig, StrategyKind};
+use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 
 use crate::rounds::{CheckIn, Coordinator, PendingCommit, RoundError, RoundPolicy, Settled};
@@ -152,12 +152,6 @@ impl AppState {
         Ok(Self { task: Arc::new(task), inner: Arc::new(Mutex::new(inner)), clock })
     }
 
-    /// The default task: MNIST with the `2nn` model, FedAvg, 4 updates per round (1.3×
-    /// over-selection, at least 2 by the 60 s deadline).
-    pub fn new_default(data: Split) -> anyhow::Result<Self> {
-        Self::new(default_task(data)?)
-    }
-
     pub fn upload_limit_bytes(&self) -> usize {
         self.task.upload_limit_bytes
     }
@@ -194,30 +188,6 @@ impl AppState {
             Err(e) => tracing::warn!(error = %e, "closing a round at its deadline failed"),
         }
     }
-}
-
-/// The default task: MNIST with the `2nn` model, FedAvg, 4 updates per round (1.3×
-/// over-selection, at least 2 by the 60 s deadline).
-pub fn default_task(data: Split) -> anyhow::Result<TaskSetup> {
-    let test = data.test;
-    let spec = ModelSpec::builtin("2nn", &test.sample_shape, test.classes)?;
-    let initial = spec.init_params(&mut webfl_shared::rng::derive(0, &[1]))?;
-    Ok(TaskSetup {
-        name: "mnist".into(),
-        spec,
-        plan: TrainPlan { epochs: 1, batch_size: 10, lr: 0.1, ..TrainPlan::default() },
-        policy: RoundPolicy {
-            target_reports: 4,
-            over_selection: 1.3,
-            min_reports: 2,
-            deadline_ms: 60_000,
-            retry_after_ms: 2_000,
-        },
-        strategy: StrategyConfig::new(StrategyKind::FedAvg),
-        test,
-        initial,
-        upload_limit_bytes: None,
-    })
 }
 
 /// Applies round deadlines every ~250 ms until the runtime shuts down.
@@ -448,6 +418,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/models/{version}", get(model))
         .route("/api/v1/rounds/{round}/update", post(upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/status", get(status))
+        .route("/api/rounds", get(rounds))
         .route("/metrics", get(metrics))
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .with_state(state)
@@ -660,6 +631,11 @@ async fn status(State(state): State<AppState>) -> Response {
         "open_round": inner.coordinator.open_round(),
     }))
     .into_response()
+}
+
+/// Every settled round, oldest first: the dashboard's accuracy curve and round timeline.
+async fn rounds(State(state): State<AppState>) -> Response {
+    axum::Json(state.lock().history.clone()).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -8,3 +8,4 @@ pub mod plot;
 pub mod rounds;
 pub mod simulate;
 pub mod store;
+pub mod task;

@@ -8,6 +8,7 @@ use webfl_shared::data::partition::{Partition, histogram_table, partition};
 use webfl_shared::strategy::StrategyKind;
 
 use webfl_server::simulate::{self, SimConfig};
+use webfl_server::task::TaskConfig;
 use webfl_server::{bench, datasets, http, store};
 
 #[derive(Parser)]
@@ -46,6 +47,9 @@ enum Command {
         /// Address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it.
         #[arg(long, default_value = "127.0.0.1")]
         host: std::net::IpAddr,
+        /// Task file (TOML): model, dataset, plan, strategy, rounds. Default: MNIST, 2nn, FedAvg.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Folder of the embedded store (SQLite); created if missing, resumed if present.
         #[arg(long, default_value = "./webfl-data")]
         data: PathBuf,
@@ -193,16 +197,19 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
-        Command::Serve { port, host, data } => serve(std::net::SocketAddr::new(host, port), &data),
+        Command::Serve { port, host, config, data } => {
+            let task = match config {
+                Some(path) => TaskConfig::from_toml_file(&path)?,
+                None => TaskConfig::default(),
+            };
+            serve(std::net::SocketAddr::new(host, port), &task, &data)
+        }
     }
 }
 
-fn serve(addr: std::net::SocketAddr, data: &std::path::Path) -> Result<()> {
-    let split = datasets::load("mnist", &Default::default(), 0.2, 0)?;
-    let task = http::default_task(split)?;
-    let config =
-        serde_json::json!({ "model": task.spec, "plan": task.plan, "strategy": task.strategy.kind.to_string() });
-    let store = store::TaskDb::open(data, &task.name, &config.to_string(), store::unix_ms())
+fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path) -> Result<()> {
+    let task = config.setup()?;
+    let store = store::TaskDb::open(data, &task.name, &serde_json::to_string(config)?, store::unix_ms())
         .with_context(|| format!("opening the store in {}", data.display()))?;
     let state = http::AppState::with_store(task, Box::new(store))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

@@ -484,4 +484,10 @@ async fn a_restart_resumes_the_last_committed_version() {
     assert_eq!(call(&app, get("/api/v1/models/1")).await.1, v1);
     let (_, json) = checkin(&app).await;
     assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(2), Some(1)), "{json}");
+    let (code, rounds) = call_json(&app, get("/api/rounds")).await;
+    assert_eq!(code, StatusCode::OK);
+    let rounds = rounds.as_array().unwrap();
+    assert_eq!(rounds.len(), 1);
+    assert_eq!((rounds[0]["round"].as_u64(), rounds[0]["version"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((rounds[0]["outcome"].as_str(), rounds[0]["reports"].as_u64()), (Some("closed"), Some(2)));
 }

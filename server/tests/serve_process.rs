@@ -154,3 +154,23 @@ fn sigkill_after_a_committed_round_loses_nothing_and_training_continues() {
     let (_, json) = server.json("POST", "/api/v1/checkin", &[], b"{}");
     assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(2), Some(1)), "{json}");
 }
+
+/// A task file with a mistake stops `webfl serve` before it binds, naming the problem.
+#[test]
+fn a_bad_task_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("task.toml");
+    std::fs::write(&task, "name = \"t\"\n[rounds]\ntarget_reports = 2\nmin_reports = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_webfl"))
+        .args(["serve", "--port", "0", "--config"])
+        .arg(&task)
+        .arg("--data")
+        .arg(dir.path().join("store"))
+        .env("WEBFL_DATA_DIR", DATA_DIR)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("task.toml") && stderr.contains("minimum reports"), "{stderr}");
+    assert!(!dir.path().join("store").exists(), "nothing may be created for a refused task");
+}

@@ -1,0 +1,188 @@
+//! Task files: what `webfl serve --config TASK.toml` trains. Every field has a default, so an
+//! empty file (or no file) is the default task: MNIST, the `2nn` model, FedAvg.
+//!
+//! ```toml
+//! name = "mnist-cnn"
+//! model = "cnn"              # mlp | 2nn | cnn | path/to/model.json
+//! dataset = "mnist"          # mnist | path/to/data.csv
+//! seed = 0                   # initial weights
+//!
+//! [plan]                     # what each client does with the model
+//! epochs = 1
+//! batch_size = 10
+//! lr = 0.05
+//!
+//! [strategy]                 # how updates are combined (see `webfl simulate --help`)
+//! kind = "fedadam"
+//! server_lr = 0.01
+//!
+//! [rounds]
+//! target_reports = 4         # a round closes when this many updates are in ...
+//! over_selection = 1.3       # ... of ceil(target · over_selection) selected clients
+//! min_reports = 2            # ... or at its deadline with at least this many
+//! deadline_secs = 60
+//! retry_after_secs = 2
+//! ```
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use webfl_shared::data::csv::CsvOptions;
+use webfl_shared::model;
+use webfl_shared::strategy::StrategyConfig;
+use webfl_shared::train::TrainPlan;
+
+use crate::datasets;
+use crate::http::TaskSetup;
+use crate::rounds::RoundPolicy;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TaskConfig {
+    pub name: String,
+    pub model: String,
+    pub dataset: String,
+    /// CSV only: share of rows held out to evaluate each new version.
+    pub test_fraction: f64,
+    pub seed: u64,
+    pub plan: TrainPlan,
+    pub strategy: StrategyConfig,
+    pub rounds: RoundsConfig,
+    /// Largest accepted update body; default: the model's f32 bytes plus 64 KiB.
+    pub upload_limit_bytes: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoundsConfig {
+    pub target_reports: usize,
+    pub over_selection: f64,
+    pub min_reports: usize,
+    pub deadline_secs: f64,
+    pub retry_after_secs: f64,
+}
+
+impl Default for RoundsConfig {
+    fn default() -> Self {
+        Self { target_reports: 4, over_selection: 1.3, min_reports: 2, deadline_secs: 60.0, retry_after_secs: 2.0 }
+    }
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            name: "mnist".into(),
+            model: "2nn".into(),
+            dataset: "mnist".into(),
+            test_fraction: 0.2,
+            seed: 0,
+            plan: TrainPlan { epochs: 1, batch_size: 10, lr: 0.1, ..TrainPlan::default() },
+            strategy: StrategyConfig::default(),
+            rounds: RoundsConfig::default(),
+            upload_limit_bytes: None,
+        }
+    }
+}
+
+impl TaskConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in task file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let cfg: TaskConfig = toml::from_str(text)?;
+        cfg.plan.validate()?;
+        cfg.strategy.validate()?;
+        cfg.policy()?.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn policy(&self) -> Result<RoundPolicy> {
+        let ms = |secs: f64, what: &str| -> Result<u64> {
+            anyhow::ensure!(secs.is_finite() && secs > 0.0, "{what} must be a positive number of seconds");
+            Ok((secs * 1000.0).round() as u64)
+        };
+        Ok(RoundPolicy {
+            target_reports: self.rounds.target_reports,
+            over_selection: self.rounds.over_selection,
+            min_reports: self.rounds.min_reports,
+            deadline_ms: ms(self.rounds.deadline_secs, "rounds.deadline_secs")?,
+            retry_after_ms: ms(self.rounds.retry_after_secs, "rounds.retry_after_secs")?,
+        })
+    }
+
+    /// Loads the data and the model and builds what the HTTP layer serves. Only the held-out
+    /// split stays on the server: training data lives on the clients.
+    pub fn setup(&self) -> Result<TaskSetup> {
+        let split = datasets::load(&self.dataset, &CsvOptions::default(), self.test_fraction, self.seed)?;
+        let test = split.test;
+        let arg = if self.model.ends_with(".json") {
+            std::fs::read_to_string(&self.model).with_context(|| format!("reading model spec {}", self.model))?
+        } else {
+            self.model.clone()
+        };
+        let spec = model::resolve(&arg, &test.sample_shape, test.classes)?;
+        let initial = spec.init_params(&mut webfl_shared::rng::derive(self.seed, &[1]))?;
+        Ok(TaskSetup {
+            name: self.name.clone(),
+            spec,
+            plan: self.plan.clone(),
+            policy: self.policy()?,
+            strategy: self.strategy.clone(),
+            test,
+            initial,
+            upload_limit_bytes: self.upload_limit_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webfl_shared::strategy::StrategyKind;
+
+    #[test]
+    fn an_empty_file_is_the_default_task() {
+        assert_eq!(TaskConfig::from_toml("").unwrap(), TaskConfig::default());
+    }
+
+    #[test]
+    fn sections_override_defaults() {
+        let cfg = TaskConfig::from_toml(
+            r#"
+            name = "cnn-task"
+            model = "cnn"
+            [plan]
+            epochs = 2
+            batch_size = 20
+            lr = 0.05
+            [strategy]
+            kind = "fedadam"
+            server_lr = 0.01
+            [rounds]
+            target_reports = 10
+            min_reports = 5
+            deadline_secs = 30
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.model, "cnn");
+        assert_eq!((cfg.plan.epochs, cfg.plan.batch_size), (2, 20));
+        assert_eq!(cfg.strategy.kind, StrategyKind::FedAdam);
+        let policy = cfg.policy().unwrap();
+        assert_eq!((policy.target_reports, policy.min_reports, policy.deadline_ms), (10, 5, 30_000));
+        assert_eq!(policy.over_selection, 1.3);
+    }
+
+    #[test]
+    fn bad_task_files_name_the_problem() {
+        let err = |text: &str| format!("{:#}", TaskConfig::from_toml(text).unwrap_err());
+        assert!(err("nmae = \"x\"").contains("nmae"));
+        assert!(err("[rounds]\nmin_reports = 9").contains("minimum reports"));
+        assert!(err("[plan]\nepochs = 0\nbatch_size = 1\nlr = 0.1").contains("epochs"));
+        assert!(err("[strategy]\nkind = \"nope\"").contains("nope"));
+        assert!(err("[rounds]\ndeadline_secs = -1").contains("deadline_secs"));
+    }
+}
