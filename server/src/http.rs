@@ -82,8 +82,16 @@ struct Task {
 }
 
 struct Client {
-    token: String,
+    /// SHA-256 of the token, hex: the token itself is never stored, here or on disk.
+    token_hash: String,
     last_seen_ms: u64,
+    /// The round the client was last assigned and when, for round-trip times.
+    assigned: Option<(u64, u64)>,
+}
+
+fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Default)]
@@ -148,7 +156,14 @@ impl AppState {
         let next_round = history.iter().map(|r| r.round).max().map_or(1, |r| r + 1);
         let coordinator = Coordinator::new(setup.policy, strategy, global, version, next_round)?;
         let task = Task { name: setup.name, spec: setup.spec, plan: setup.plan, test: setup.test, upload_limit_bytes };
-        let inner = Inner { coordinator, clients: HashMap::new(), store, history, metrics: Metrics::default() };
+        // Known clients keep their tokens across restarts; none counts as connected until it calls.
+        let clients = store
+            .client_tokens()
+            .context("reading known clients")?
+            .into_iter()
+            .map(|(id, token_hash)| (id, Client { token_hash, last_seen_ms: 0, assigned: None }))
+            .collect();
+        let inner = Inner { coordinator, clients, store, history, metrics: Metrics::default() };
         Ok(Self { task: Arc::new(task), inner: Arc::new(Mutex::new(inner)), clock })
     }
 
@@ -419,6 +434,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/rounds/{round}/update", post(upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/status", get(status))
         .route("/api/rounds", get(rounds))
+        .route("/api/clients", get(clients))
         .route("/metrics", get(metrics))
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .with_state(state)
@@ -452,7 +468,7 @@ fn authenticate(inner: &Inner, headers: &HeaderMap, client: &str) -> Result<(), 
             "unknown client {client:?}: check in without a client_id to get a new identity"
         )));
     };
-    if !same_token(token, &known.token) {
+    if !same_token(&token_hash(token), &known.token_hash) {
         return Err(AppError::Forbidden("the token does not belong to this client".into()));
     }
     Ok(())
@@ -505,19 +521,31 @@ async fn checkin(
     let (client_id, token) = match req.client_id {
         Some(id) => {
             authenticate(&inner, &headers, &id)?;
-            let token = inner.clients[&id].token.clone();
-            (id, token)
+            (id, bearer(&headers).unwrap_or_default().to_string())
         }
         None => {
             let (id, token) = (new_id(8)?, new_id(16)?);
-            inner.clients.insert(id.clone(), Client { token: token.clone(), last_seen_ms: now });
+            let client = Client { token_hash: token_hash(&token), last_seen_ms: now, assigned: None };
+            inner.clients.insert(id.clone(), client);
             (id, token)
         }
     };
+    let hash = inner.clients.get(&client_id).map(|c| c.token_hash.clone()).unwrap_or_default();
+    inner
+        .store
+        .touch_client(&client_id, &hash, unix_ms())
+        .map_err(|e| AppError::Internal(format!("recording the client: {e}")))?;
+    let check_in = inner.coordinator.check_in(&client_id, now);
     if let Some(c) = inner.clients.get_mut(&client_id) {
         c.last_seen_ms = now;
+        if let CheckIn::Assigned { round, .. } = check_in {
+            // A repeated check-in for the same round keeps the first assignment time.
+            if c.assigned.is_none_or(|(r, _)| r != round) {
+                c.assigned = Some((round, now));
+            }
+        }
     }
-    let resp = match inner.coordinator.check_in(&client_id, now) {
+    let resp = match check_in {
         CheckIn::Assigned { round, model_version, deadline_at_ms } => CheckInResponse::Assigned {
             client_id,
             token,
@@ -592,18 +620,26 @@ async fn accept_upload(
     let model_version = parse_u64("X-Webfl-Model-Version", required_header(headers, "x-webfl-model-version")?)?;
     let examples = parse_u64("X-Webfl-Examples", required_header(headers, "x-webfl-examples")?)?;
     authenticate(&state.lock(), headers, &client)?;
-    let body = body.map_err(|e| body_error(e, state.task.upload_limit_bytes))?;
-    let layout = state.lock().coordinator.global().layout().clone();
-    let update = Params::from_safetensors(layout, &body)
-        .map_err(|e| AppError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))?;
     let now = state.now();
+    // From here on the client is known: its refusals count as failures in its health record.
+    let submitted = (|| {
+        let body = body.map_err(|e| body_error(e, state.task.upload_limit_bytes))?;
+        let layout = state.lock().coordinator.global().layout().clone();
+        let update = Params::from_safetensors(layout, &body)
+            .map_err(|e| AppError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))?;
+        Ok::<_, AppError>(state.lock().coordinator.submit(&client, round, model_version, &update, examples, now)?)
+    })();
     let settled = {
         let mut inner = state.lock();
-        let settled = inner.coordinator.submit(&client, round, model_version, &update, examples, now)?;
-        inner.metrics.updates_accepted += 1;
-        if let Some(c) = inner.clients.get_mut(&client) {
+        let round_trip = inner.clients.get_mut(&client).and_then(|c| {
             c.last_seen_ms = now;
+            c.assigned.take().map(|(_, at)| now.saturating_sub(at))
+        });
+        if let Err(e) = inner.store.record_contribution(&client, submitted.is_ok(), round_trip) {
+            tracing::warn!(client, error = %e, "recording client health failed");
         }
+        let settled = submitted?;
+        inner.metrics.updates_accepted += 1;
         settled
     };
     let round_closed = match settled {
@@ -636,6 +672,12 @@ async fn status(State(state): State<AppState>) -> Response {
 /// Every settled round, oldest first: the dashboard's accuracy curve and round timeline.
 async fn rounds(State(state): State<AppState>) -> Response {
     axum::Json(state.lock().history.clone()).into_response()
+}
+
+/// Health of every known client: last seen, rounds completed, failures, last round trip.
+async fn clients(State(state): State<AppState>) -> Result<Response, AppError> {
+    let clients = state.lock().store.clients().map_err(|e| AppError::Internal(format!("reading clients: {e}")))?;
+    Ok(axum::Json(clients).into_response())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -288,6 +288,12 @@ impl Store {
         Ok(())
     }
 
+    pub fn client_tokens(&self, task: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT client_id, token_hash FROM clients WHERE task = ?1")?;
+        let rows = stmt.query_map([task], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn client_token_hash(&self, task: &str, client_id: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
@@ -352,6 +358,13 @@ pub trait TaskStore: Send {
     fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()>;
     /// What a restarted server continues from; `None` for a task that has never been stored.
     fn resume(&self) -> anyhow::Result<Option<Resume>>;
+    /// Creates or refreshes a client (its token is kept only as a hash).
+    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()>;
+    /// Counts an accepted (`ok`) or refused upload, with the round trip from assignment to upload.
+    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()>;
+    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>>;
+    /// `(client_id, token_hash)` of every known client, so tokens outlive a restart.
+    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>>;
 }
 
 /// The last committed state of a task.
@@ -369,6 +382,7 @@ pub struct MemoryStore {
     versions: BTreeMap<u64, Arc<Vec<u8>>>,
     history: Vec<RoundRecord>,
     optimizer: Option<OptimizerState>,
+    clients: BTreeMap<String, (String, ClientRecord)>,
 }
 
 impl TaskStore for MemoryStore {
@@ -406,6 +420,44 @@ impl TaskStore for MemoryStore {
             history: self.history.clone(),
             optimizer: self.optimizer.clone(),
         }))
+    }
+
+    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()> {
+        let entry = self.clients.entry(client_id.to_string()).or_insert_with(|| {
+            let record = ClientRecord {
+                client_id: client_id.to_string(),
+                first_seen_ms: now_ms,
+                last_seen_ms: now_ms,
+                rounds_completed: 0,
+                failures: 0,
+                last_round_trip_ms: None,
+            };
+            (token_hash.to_string(), record)
+        });
+        entry.1.last_seen_ms = now_ms;
+        Ok(())
+    }
+
+    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()> {
+        if let Some((_, c)) = self.clients.get_mut(client_id) {
+            if ok {
+                c.rounds_completed += 1;
+            } else {
+                c.failures += 1;
+            }
+            c.last_round_trip_ms = round_trip_ms.or(c.last_round_trip_ms);
+        }
+        Ok(())
+    }
+
+    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {
+        let mut all: Vec<ClientRecord> = self.clients.values().map(|(_, c)| c.clone()).collect();
+        all.sort_by_key(|c| std::cmp::Reverse(c.last_seen_ms));
+        Ok(all)
+    }
+
+    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(self.clients.iter().map(|(id, (hash, _))| (id.clone(), hash.clone())).collect())
     }
 }
 
@@ -464,6 +516,22 @@ impl TaskStore for TaskDb {
             history: self.db.rounds(&self.task)?,
             optimizer,
         }))
+    }
+
+    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()> {
+        Ok(self.db.touch_client(&self.task, client_id, token_hash, now_ms)?)
+    }
+
+    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()> {
+        Ok(self.db.record_contribution(&self.task, client_id, ok, round_trip_ms)?)
+    }
+
+    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {
+        Ok(self.db.clients(&self.task)?)
+    }
+
+    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(self.db.client_tokens(&self.task)?)
     }
 }
 

@@ -19,7 +19,7 @@ use webfl_shared::train::TrainPlan;
 
 use webfl_server::http::{AppState, TaskSetup, app};
 use webfl_server::rounds::RoundPolicy;
-use webfl_server::store::{MemoryStore, Resume, RoundOutcome, RoundRecord, TaskStore};
+use webfl_server::store::{ClientRecord, MemoryStore, Resume, RoundOutcome, RoundRecord, TaskStore};
 use webfl_shared::strategy::OptimizerState;
 
 fn dataset() -> Dataset {
@@ -342,6 +342,14 @@ async fn every_refusal_is_json_and_changes_nothing() {
     ] {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
     }
+
+    // Client health: a has one accepted update and its refused ones counted as failures.
+    let (code, clients) = call_json(&app, get("/api/clients")).await;
+    assert_eq!(code, StatusCode::OK);
+    let a_health = clients.as_array().unwrap().iter().find(|c| c["client_id"] == a.id.as_str()).unwrap();
+    assert_eq!(a_health["rounds_completed"], 1, "{a_health}");
+    assert!(a_health["failures"].as_u64().unwrap() >= 3, "{a_health}");
+    assert!(a_health["last_round_trip_ms"].is_u64(), "{a_health}");
 }
 
 fn manual_clock() -> (Arc<AtomicU64>, webfl_server::http::Clock) {
@@ -405,6 +413,22 @@ impl TaskStore for FailingStore {
     fn resume(&self) -> anyhow::Result<Option<Resume>> {
         self.0.resume()
     }
+
+    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()> {
+        self.0.touch_client(client_id, token_hash, now_ms)
+    }
+
+    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()> {
+        self.0.record_contribution(client_id, ok, round_trip_ms)
+    }
+
+    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {
+        self.0.clients()
+    }
+
+    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.0.client_tokens()
+    }
 }
 
 #[tokio::test]
@@ -463,7 +487,7 @@ async fn a_restart_resumes_the_last_committed_version() {
         let db = webfl_server::store::TaskDb::open(dir.path(), "synthetic", "{}", 0).unwrap();
         AppState::with_store(setup(policy()), Box::new(db)).unwrap()
     };
-    let v1 = {
+    let (v1, a) = {
         let app = app(open());
         let (a, _) = checkin(&app).await;
         let (b, _) = checkin(&app).await;
@@ -475,7 +499,7 @@ async fn a_restart_resumes_the_last_committed_version() {
         assert_eq!(upload(&app, &a, 1, 0, 10, delta.clone()).await.0, StatusCode::ACCEPTED);
         assert_eq!(upload(&app, &b, 1, 0, 10, delta).await.0, StatusCode::ACCEPTED);
         assert_eq!(status(&app).await["model_version"], 1);
-        call(&app, get("/api/v1/models/1")).await.1
+        (call(&app, get("/api/v1/models/1")).await.1, a)
     };
     // The old state is gone (as after a crash); only the folder remains.
     let app = app(open());
@@ -484,6 +508,24 @@ async fn a_restart_resumes_the_last_committed_version() {
     assert_eq!(call(&app, get("/api/v1/models/1")).await.1, v1);
     let (_, json) = checkin(&app).await;
     assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(2), Some(1)), "{json}");
+    // A client's token outlives the restart (only its hash is stored).
+    let req = Request::post("/api/v1/checkin")
+        .header("authorization", format!("Bearer {}", a.token))
+        .body(Body::from(format!(r#"{{"client_id": "{}"}}"#, a.id)))
+        .unwrap();
+    let (code, j) = call_json(&app, req).await;
+    assert_eq!((code, j["client_id"].as_str()), (StatusCode::OK, Some(a.id.as_str())), "{j}");
+    let wrong = Request::post("/api/v1/checkin")
+        .header("authorization", "Bearer 00000000000000000000000000000000")
+        .body(Body::from(format!(r#"{{"client_id": "{}"}}"#, a.id)))
+        .unwrap();
+    assert_eq!(call_json(&app, wrong).await.0, StatusCode::FORBIDDEN);
+    // Client health survived the restart too: both uploaders have one completed round.
+    let (code, clients) = call_json(&app, get("/api/clients")).await;
+    assert_eq!(code, StatusCode::OK);
+    let completed: Vec<u64> =
+        clients.as_array().unwrap().iter().map(|c| c["rounds_completed"].as_u64().unwrap()).collect();
+    assert_eq!(completed.iter().filter(|&&n| n == 1).count(), 2, "{clients}");
     let (code, rounds) = call_json(&app, get("/api/rounds")).await;
     assert_eq!(code, StatusCode::OK);
     let rounds = rounds.as_array().unwrap();
