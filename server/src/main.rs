@@ -40,6 +40,21 @@ enum Command {
     },
     /// Measure the CPU engine: GEMM GFLOP/s and training-step throughput.
     Bench(bench::BenchArgs),
+    /// Write a stored model version as a safetensors file that loads into PyTorch
+    /// (`model.load_state_dict(safetensors.torch.load_file(PATH))`).
+    Export {
+        /// The server's data folder.
+        #[arg(long, default_value = "./webfl-data")]
+        data: PathBuf,
+        /// Task name (the default task is `mnist`).
+        #[arg(long, default_value = "mnist")]
+        task: String,
+        /// Version to export (default: the latest).
+        #[arg(long)]
+        version: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the default task (MNIST, `2nn`, FedAvg) to browser clients over HTTP.
     Serve {
         #[arg(long, default_value_t = 8080)]
@@ -197,6 +212,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(&args),
+        Command::Export { data, task, version, out } => export(&data, &task, version, &out),
         Command::Serve { port, host, config, data } => {
             let task = match config {
                 Some(path) => TaskConfig::from_toml_file(&path)?,
@@ -205,6 +221,21 @@ fn main() -> Result<()> {
             serve(std::net::SocketAddr::new(host, port), &task, &data)
         }
     }
+}
+
+fn export(data: &std::path::Path, task: &str, version: Option<u64>, out: &std::path::Path) -> Result<()> {
+    anyhow::ensure!(data.join("webfl.db").exists(), "no webfl store in {} (see `webfl serve --data`)", data.display());
+    let db = store::Store::open(data)?;
+    let (version, bytes) = match version {
+        Some(v) => (v, db.version(task, v)?.with_context(|| format!("task {task:?} has no version {v}"))?),
+        None => {
+            let latest = db.latest_version(task)?.with_context(|| format!("task {task:?} has no stored versions"))?;
+            (latest.version, latest.safetensors)
+        }
+    };
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote version {version} of {task} ({} bytes) to {}", bytes.len(), out.display());
+    Ok(())
 }
 
 fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path) -> Result<()> {

@@ -174,3 +174,28 @@ fn a_bad_task_file_is_refused_by_name() {
     assert!(stderr.contains("task.toml") && stderr.contains("minimum reports"), "{stderr}");
     assert!(!dir.path().join("store").exists(), "nothing may be created for a refused task");
 }
+
+/// `webfl export` writes exactly the stored bytes of a version (safetensors with PyTorch names),
+/// and names the problem when the version or the store does not exist.
+#[test]
+fn export_writes_the_stored_version() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    let (_, model0) = server.request("GET", "/api/v1/models/0", &[], b"");
+    server.kill();
+    let out = data.path().join("model.safetensors");
+    let webfl = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_webfl")).args(args).output().unwrap();
+    let data_arg = data.path().to_str().unwrap();
+    let ok = webfl(&["export", "--data", data_arg, "--out", out.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(bytes, model0);
+    let names: Vec<String> =
+        Params::from_safetensors_any(&bytes).unwrap().layout().tensors().iter().map(|t| t.name.clone()).collect();
+    assert_eq!(names, ["1.bias", "1.weight", "3.bias", "3.weight", "5.bias", "5.weight"]);
+    let missing = webfl(&["export", "--data", data_arg, "--version", "7", "--out", out.to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no version 7"));
+    let no_store = webfl(&["export", "--data", "/nonexistent", "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&no_store.stderr).contains("no webfl store"));
+}
