@@ -255,7 +255,9 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "evaluating a new version panicked; round discarded");
-                    state.lock().coordinator.abort_commit();
+                    if let Err(e) = state.lock().coordinator.abort_commit() {
+                        tracing::error!(error = %e, "undoing the server optimizer step failed");
+                    }
                     return false;
                 }
             };
@@ -293,7 +295,9 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 }
                 Err(e) => {
                     tracing::error!(round, version, error = %e, "storing the new version failed; round discarded");
-                    inner.coordinator.abort_commit();
+                    if let Err(e) = inner.coordinator.abort_commit() {
+                        tracing::error!(error = %e, "undoing the server optimizer step failed");
+                    }
                     record.version = None;
                     record.outcome = RoundOutcome::StoreFailed;
                     false

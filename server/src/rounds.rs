@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use webfl_shared::params::Params;
-use webfl_shared::strategy::{RoundSummary, Strategy, StrategyError};
+use webfl_shared::strategy::{OptimizerState, RoundSummary, Strategy, StrategyError};
 
 /// Opaque client identity (the HTTP layer authenticates it).
 pub type ClientId = String;
@@ -127,9 +127,11 @@ struct OpenRound {
 enum Phase {
     Idle,
     Open(OpenRound),
-    /// A version is being stored; nothing is handed out until it is committed.
+    /// A version is being stored; nothing is handed out until it is committed. The server
+    /// optimizer has already stepped, so its state before the step is kept to undo it.
     Committing {
         version: u64,
+        optimizer_before: OptimizerState,
     },
 }
 
@@ -166,7 +168,7 @@ impl Coordinator {
     }
 
     /// The server optimizer's state (moments, step count), persisted with every version.
-    pub fn optimizer_state(&self) -> webfl_shared::strategy::OptimizerState {
+    pub fn optimizer_state(&self) -> OptimizerState {
         self.strategy.optimizer_state()
     }
 
@@ -278,6 +280,8 @@ impl Coordinator {
             return Err(RoundError::NoOpenRound);
         };
         let mut params = self.global.clone();
+        // Empty for FedAvg; for adaptive optimizers two model-sized buffers, once per round.
+        let optimizer_before = self.strategy.optimizer_state();
         let summary = match self.strategy.finish_round(&mut params) {
             Ok(s) => s,
             Err(e) => {
@@ -286,7 +290,7 @@ impl Coordinator {
             }
         };
         let version = self.version + 1;
-        self.phase = Phase::Committing { version };
+        self.phase = Phase::Committing { version, optimizer_before };
         Ok(Settled::Closed(Box::new(PendingCommit {
             round: open.id,
             opened_at_ms: open.opened_at_ms,
@@ -302,7 +306,7 @@ impl Coordinator {
     /// Announces a stored version: from now on clients train on it.
     pub fn commit(&mut self, pending: PendingCommit) -> Result<(), RoundError> {
         match self.phase {
-            Phase::Committing { version } if version == pending.version => {
+            Phase::Committing { version, .. } if version == pending.version => {
                 self.global = pending.params;
                 self.version = pending.version;
                 self.phase = Phase::Idle;
@@ -312,10 +316,18 @@ impl Coordinator {
         }
     }
 
-    /// Gives up on a pending version that could not be stored; the global model stays as it was.
-    pub fn abort_commit(&mut self) {
-        if matches!(self.phase, Phase::Committing { .. }) {
-            self.phase = Phase::Idle;
+    /// Gives up on a pending version that could not be stored: the global model and the server
+    /// optimizer's state stay as they were before the round closed.
+    pub fn abort_commit(&mut self) -> Result<(), RoundError> {
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Committing { optimizer_before, .. } => {
+                self.strategy.restore_optimizer_state(optimizer_before)?;
+                Ok(())
+            }
+            other => {
+                self.phase = other;
+                Ok(())
+            }
         }
     }
 }
@@ -459,10 +471,36 @@ mod tests {
         c.check_in("b", 0);
         c.submit("a", 1, 0, &p([1.0, 1.0]), 1, 1).unwrap();
         c.submit("b", 1, 0, &p([1.0, 1.0]), 1, 2).unwrap();
-        c.abort_commit();
+        c.abort_commit().unwrap();
         assert_eq!(c.version(), 0);
         assert_eq!(c.global().as_slice(), &[0.0, 0.0]);
         assert_eq!(assigned(c.check_in("a", 3)), (2, 0));
+    }
+
+    #[test]
+    fn a_failed_store_also_undoes_the_server_optimizer_step() {
+        // FedAdam keeps moments: after an aborted commit, redoing the round must give exactly
+        // what a server that never closed the round would give.
+        let adam = || {
+            let strategy = StrategyConfig::new(StrategyKind::FedAdam).build().unwrap();
+            Coordinator::new(policy(), strategy, p([0.0, 0.0]), 0, 1).unwrap()
+        };
+        let run_round = |c: &mut Coordinator, round: u64, at: u64| {
+            c.check_in("a", at);
+            c.check_in("b", at);
+            c.submit("a", round, 0, &p([1.0, -1.0]), 1, at + 1).unwrap();
+            match c.submit("b", round, 0, &p([0.5, -0.5]), 1, at + 2).unwrap() {
+                Some(Settled::Closed(pending)) => *pending,
+                other => panic!("round should close, got {other:?}"),
+            }
+        };
+        let mut fresh = adam();
+        let want = run_round(&mut fresh, 1, 0).params;
+        let mut retried = adam();
+        run_round(&mut retried, 1, 0);
+        retried.abort_commit().unwrap();
+        let got = run_round(&mut retried, 2, 10).params;
+        assert_eq!(got.as_slice(), want.as_slice());
     }
 
     #[test]
