@@ -294,17 +294,6 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn client_token_hash(&self, task: &str, client_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT token_hash FROM clients WHERE task = ?1 AND client_id = ?2",
-                params![task, client_id],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
     /// Counts a finished (`ok`) or failed contribution and its round-trip time.
     pub fn record_contribution(
         &self,
@@ -620,7 +609,7 @@ mod tests {
         assert_eq!(rounds, vec![record(1, Some(1), RoundOutcome::Closed), record(2, None, RoundOutcome::Abandoned)]);
         let clients = s.clients("mnist").unwrap();
         assert_eq!((clients[0].rounds_completed, clients[0].last_round_trip_ms), (1, Some(1234)));
-        assert_eq!(s.client_token_hash("mnist", "c1").unwrap().as_deref(), Some("h"));
+        assert_eq!(s.client_tokens("mnist").unwrap(), vec![("c1".to_string(), "h".to_string())]);
     }
 
     #[test]
