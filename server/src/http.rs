@@ -43,6 +43,8 @@ use crate::store::{MemoryStore, RoundOutcome, RoundRecord, TaskStore, unix_ms};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// A client counts as connected for this long after its last request.
 const CONNECTED_WINDOW_MS: u64 = 60_000;
+/// How stale a client's stored last-seen time may get while it keeps polling.
+const PERSIST_SEEN_EVERY_MS: u64 = 30_000;
 /// Check-in bodies are tiny; anything larger is refused.
 const CHECKIN_LIMIT_BYTES: usize = 64 * 1024;
 /// Room for the safetensors header on top of the raw f32 payload when sizing the upload limit.
@@ -87,6 +89,8 @@ struct Client {
     last_seen_ms: u64,
     /// The round the client was last assigned and when, for round-trip times.
     assigned: Option<(u64, u64)>,
+    /// When `last_seen` was last written to the store (None: not yet by this process).
+    persisted_at_ms: Option<u64>,
 }
 
 fn token_hash(token: &str) -> String {
@@ -161,7 +165,7 @@ impl AppState {
             .client_tokens()
             .context("reading known clients")?
             .into_iter()
-            .map(|(id, token_hash)| (id, Client { token_hash, last_seen_ms: 0, assigned: None }))
+            .map(|(id, token_hash)| (id, Client { token_hash, last_seen_ms: 0, assigned: None, persisted_at_ms: None }))
             .collect();
         let inner = Inner { coordinator, clients, store, history, metrics: Metrics::default() };
         Ok(Self { task: Arc::new(task), inner: Arc::new(Mutex::new(inner)), clock })
@@ -529,16 +533,29 @@ async fn checkin(
         }
         None => {
             let (id, token) = (new_id(8)?, new_id(16)?);
-            let client = Client { token_hash: token_hash(&token), last_seen_ms: now, assigned: None };
+            let client =
+                Client { token_hash: token_hash(&token), last_seen_ms: now, assigned: None, persisted_at_ms: None };
             inner.clients.insert(id.clone(), client);
             (id, token)
         }
     };
-    let hash = inner.clients.get(&client_id).map(|c| c.token_hash.clone()).unwrap_or_default();
-    inner
-        .store
-        .touch_client(&client_id, &hash, unix_ms())
-        .map_err(|e| AppError::Internal(format!("recording the client: {e}")))?;
+    // A new client is written at once (its token must survive a restart); after that, polling
+    // clients refresh their stored last-seen at most every PERSIST_SEEN_EVERY_MS, not with an
+    // fsync per check-in under the state lock.
+    let persist = inner
+        .clients
+        .get(&client_id)
+        .filter(|c| c.persisted_at_ms.is_none_or(|at| now.saturating_sub(at) >= PERSIST_SEEN_EVERY_MS))
+        .map(|c| c.token_hash.clone());
+    if let Some(hash) = persist {
+        inner
+            .store
+            .touch_client(&client_id, &hash, unix_ms())
+            .map_err(|e| AppError::Internal(format!("recording the client: {e}")))?;
+        if let Some(c) = inner.clients.get_mut(&client_id) {
+            c.persisted_at_ms = Some(now);
+        }
+    }
     let check_in = inner.coordinator.check_in(&client_id, now);
     if let Some(c) = inner.clients.get_mut(&client_id) {
         c.last_seen_ms = now;
