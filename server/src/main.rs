@@ -55,7 +55,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Serve the default task (MNIST, `2nn`, FedAvg) to browser clients over HTTP.
+    /// Serve a task (default: MNIST, `2nn`, FedAvg) to browser clients over HTTP.
     Serve {
         #[arg(long, default_value_t = 8080)]
         port: u16,
