@@ -16,6 +16,7 @@
 //! no assignments meanwhile), then stores the version and only then commits it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,12 +27,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use axum::routing::{any, get, post};
+use tower_http::services::{ServeDir, ServeFile};
 use serde_json::json;
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
+use webfl_shared::proto::{self, CheckInRequest, CheckInResponse, DatasetInfo, TaskInfo, UploadResponse};
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 
@@ -39,8 +41,7 @@ use crate::rounds::{CheckIn, Coordinator, PendingCommit, RoundError, RoundPolicy
 use crate::simulate;
 use crate::store::{MemoryStore, RoundOutcome, RoundRecord, TaskStore, unix_ms};
 
-/// Protocol version spoken by this server (the `/api/v1` prefix).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub use webfl_shared::proto::PROTOCOL_VERSION;
 /// A client counts as connected for this long after its last request.
 const CONNECTED_WINDOW_MS: u64 = 60_000;
 /// How stale a client's stored last-seen time may get while it keeps polling.
@@ -69,6 +70,10 @@ pub struct TaskSetup {
     pub initial: Params,
     /// Largest accepted update body; `None` sizes it from the model (payload + header slack).
     pub upload_limit_bytes: Option<usize>,
+    /// The data as clients see it (`GET /api/v1/task`).
+    pub dataset: DatasetInfo,
+    /// The public file served at `dataset.demo_data_url`, if any.
+    pub demo_data: Option<PathBuf>,
 }
 
 /// Milliseconds on a monotonic clock; swappable so tests can move time.
@@ -81,6 +86,8 @@ struct Task {
     plan: TrainPlan,
     test: Dataset,
     upload_limit_bytes: usize,
+    dataset: DatasetInfo,
+    demo_data: Option<PathBuf>,
 }
 
 struct Client {
@@ -159,7 +166,15 @@ impl AppState {
         };
         let next_round = history.iter().map(|r| r.round).max().map_or(1, |r| r + 1);
         let coordinator = Coordinator::new(setup.policy, strategy, global, version, next_round)?;
-        let task = Task { name: setup.name, spec: setup.spec, plan: setup.plan, test: setup.test, upload_limit_bytes };
+        let task = Task {
+            name: setup.name,
+            spec: setup.spec,
+            plan: setup.plan,
+            test: setup.test,
+            upload_limit_bytes,
+            dataset: setup.dataset,
+            demo_data: setup.demo_data,
+        };
         // Known clients keep their tokens across restarts; none counts as connected until it calls.
         let clients = store
             .client_tokens()
@@ -433,19 +448,59 @@ fn body_error(e: BytesRejection, limit: usize) -> AppError {
 // Router and handlers
 // ---------------------------------------------------------------------------------------------
 
-/// The whole HTTP API.
+/// The whole HTTP API (no pages); unknown paths get a JSON 404.
 pub fn app(state: AppState) -> Router {
+    api(state).fallback(not_found)
+}
+
+/// The API plus the built pages in `www` (`www/dist` after `scripts/build-web`): `/` is the
+/// contribute page, `/dashboard` the dashboard, other files are served as they are.
+pub fn app_with_pages(state: AppState, www: &FsPath) -> Router {
+    api(state)
+        .route_service("/", ServeFile::new(www.join("index.html")))
+        .route_service("/dashboard", ServeFile::new(www.join("dashboard.html")))
+        // Unknown API paths stay JSON errors rather than falling through to the files.
+        .route("/api/{*rest}", any(not_found))
+        .fallback_service(ServeDir::new(www))
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("no such endpoint".into())
+}
+
+fn api(state: AppState) -> Router {
     let upload_limit = state.task.upload_limit_bytes;
-    Router::new()
+    let mut router = Router::new()
+        .route("/api/v1/task", get(task_info))
         .route("/api/v1/checkin", post(checkin).layer(DefaultBodyLimit::max(CHECKIN_LIMIT_BYTES)))
         .route("/api/v1/models/{version}", get(model))
         .route("/api/v1/rounds/{round}/update", post(upload).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/status", get(status))
         .route("/api/rounds", get(rounds))
         .route("/api/clients", get(clients))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
-        .with_state(state)
+        .route("/api/openapi.json", get(openapi))
+        .route("/metrics", get(metrics));
+    if let (Some(url), Some(file)) = (&state.task.dataset.demo_data_url, &state.task.demo_data) {
+        router = router.route_service(url, ServeFile::new(file));
+    }
+    router.with_state(state)
+}
+
+async fn task_info(State(state): State<AppState>) -> Response {
+    let task = &state.task;
+    axum::Json(TaskInfo {
+        protocol_version: PROTOCOL_VERSION,
+        name: task.name.clone(),
+        model: task.spec.clone(),
+        plan: task.plan.clone(),
+        dataset: task.dataset.clone(),
+        upload_limit_bytes: task.upload_limit_bytes,
+    })
+    .into_response()
+}
+
+async fn openapi() -> Response {
+    axum::Json(crate::openapi::document()).into_response()
 }
 
 fn new_id(bytes: usize) -> Result<String, AppError> {
@@ -480,36 +535,6 @@ fn authenticate(inner: &Inner, headers: &HeaderMap, client: &str) -> Result<(), 
         return Err(AppError::Forbidden("the token does not belong to this client".into()));
     }
     Ok(())
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct CheckInRequest {
-    #[serde(default)]
-    client_id: Option<String>,
-    /// Free-form for now (`{"backends": ["cpu"], ...}`); recorded nowhere yet.
-    #[serde(default)]
-    #[allow(dead_code)]
-    capabilities: serde_json::Value,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-enum CheckInResponse<'a> {
-    Assigned {
-        client_id: String,
-        token: String,
-        round: u64,
-        model_version: u64,
-        deadline_ms_from_now: u64,
-        plan: &'a TrainPlan,
-        model: &'a ModelSpec,
-        upload_limit_bytes: usize,
-    },
-    Retry {
-        client_id: String,
-        token: String,
-        retry_after_ms: u64,
-    },
 }
 
 async fn checkin(
@@ -573,8 +598,8 @@ async fn checkin(
             round,
             model_version,
             deadline_ms_from_now: deadline_at_ms.saturating_sub(now),
-            plan: &task.plan,
-            model: &task.spec,
+            plan: task.plan.clone(),
+            model: task.spec.clone(),
             upload_limit_bytes: task.upload_limit_bytes,
         },
         CheckIn::RetryAfter { ms } => CheckInResponse::Retry { client_id, token, retry_after_ms: ms },
@@ -608,12 +633,6 @@ fn required_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Ap
     value.to_str().map_err(|_| AppError::bad_request("bad_header", format!("header {name} is not text")))
 }
 
-#[derive(Debug, PartialEq, Serialize)]
-struct UploadResponse {
-    accepted: bool,
-    round_closed: bool,
-}
-
 async fn upload(
     State(state): State<AppState>,
     Path(round): Path<String>,
@@ -637,9 +656,9 @@ async fn accept_upload(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let round = parse_u64("the round", round)?;
-    let client = required_header(headers, "x-webfl-client")?.to_string();
-    let model_version = parse_u64("X-Webfl-Model-Version", required_header(headers, "x-webfl-model-version")?)?;
-    let examples = parse_u64("X-Webfl-Examples", required_header(headers, "x-webfl-examples")?)?;
+    let client = required_header(headers, proto::header::CLIENT)?.to_string();
+    let model_version = parse_u64("X-Webfl-Model-Version", required_header(headers, proto::header::MODEL_VERSION)?)?;
+    let examples = parse_u64("X-Webfl-Examples", required_header(headers, proto::header::EXAMPLES)?)?;
     authenticate(&state.lock(), headers, &client)?;
     let now = state.now();
     // From here on the client is known: its refusals count as failures in its health record.

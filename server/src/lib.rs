@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod datasets;
 pub mod http;
+pub mod openapi;
 pub mod plot;
 pub mod rounds;
 pub mod simulate;

@@ -68,6 +68,10 @@ enum Command {
         /// Folder of the embedded store (SQLite); created if missing, resumed if present.
         #[arg(long, default_value = "./webfl-data")]
         data: PathBuf,
+        /// The built pages (contribute page, dashboard, wasm client); `scripts/build-web` makes
+        /// them. Without them only the API is served.
+        #[arg(long, default_value = "www/dist")]
+        www: PathBuf,
     },
 }
 
@@ -213,12 +217,12 @@ fn main() -> Result<()> {
         }
         Command::Bench(args) => bench::run(&args),
         Command::Export { data, task, version, out } => export(&data, &task, version, &out),
-        Command::Serve { port, host, config, data } => {
+        Command::Serve { port, host, config, data, www } => {
             let task = match config {
                 Some(path) => TaskConfig::from_toml_file(&path)?,
                 None => TaskConfig::default(),
             };
-            serve(std::net::SocketAddr::new(host, port), &task, &data)
+            serve(std::net::SocketAddr::new(host, port), &task, &data, &www)
         }
     }
 }
@@ -238,7 +242,7 @@ fn export(data: &std::path::Path, task: &str, version: Option<u64>, out: &std::p
     Ok(())
 }
 
-fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path) -> Result<()> {
+fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path, www: &std::path::Path) -> Result<()> {
     let task = config.setup()?;
     let store = store::TaskDb::open(data, &task.name, &serde_json::to_string(config)?, store::unix_ms())
         .with_context(|| format!("opening the store in {}", data.display()))?;
@@ -251,7 +255,13 @@ fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path
         // On stdout too, so scripts and tests that bind port 0 learn the address.
         println!("webfl serving at http://{local}/");
         let ticker = http::spawn_ticker(state.clone());
-        axum::serve(listener, http::app(state))
+        let app = if www.join("index.html").is_file() {
+            http::app_with_pages(state, www)
+        } else {
+            tracing::warn!(www = %www.display(), "no built pages there (run scripts/build-web); serving the API only");
+            http::app(state)
+        };
+        axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down");

@@ -30,6 +30,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use webfl_shared::data::csv::CsvOptions;
 use webfl_shared::model;
+use webfl_shared::proto::DatasetInfo;
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 
@@ -118,6 +119,15 @@ impl TaskConfig {
     pub fn setup(&self) -> Result<TaskSetup> {
         let split = datasets::load(&self.dataset, &CsvOptions::default(), self.test_fraction, self.seed)?;
         let test = split.test;
+        // MNIST is public: demo clients take their partition of its training split from the
+        // server. A CSV task's data is the operator's own and is not served.
+        let demo_data = (self.dataset == "mnist").then(datasets::mnist_path);
+        let dataset = DatasetInfo {
+            name: self.dataset.clone(),
+            sample_shape: test.sample_shape.clone(),
+            classes: test.classes,
+            demo_data_url: demo_data.as_ref().map(|_| "/data/mnist.wfds".to_string()),
+        };
         let arg = if self.model.ends_with(".json") {
             std::fs::read_to_string(&self.model).with_context(|| format!("reading model spec {}", self.model))?
         } else {
@@ -134,6 +144,8 @@ impl TaskConfig {
             test,
             initial,
             upload_limit_bytes: self.upload_limit_bytes,
+            dataset,
+            demo_data,
         })
     }
 }

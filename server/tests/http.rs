@@ -16,6 +16,7 @@ use webfl_shared::model::ModelSpec;
 use webfl_shared::params::{Layout, Params};
 use webfl_shared::strategy::{StrategyConfig, StrategyKind};
 use webfl_shared::train::TrainPlan;
+use webfl_shared::proto::DatasetInfo;
 
 use webfl_server::http::{AppState, TaskSetup, app};
 use webfl_server::rounds::RoundPolicy;
@@ -47,6 +48,8 @@ fn setup(policy: RoundPolicy) -> TaskSetup {
         test: dataset(),
         initial,
         upload_limit_bytes: None,
+        dataset: DatasetInfo { name: "synthetic".into(), sample_shape: vec![4], classes: 2, demo_data_url: None },
+        demo_data: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod data;
 pub mod engine;
 pub mod model;
 pub mod params;
+pub mod proto;
 pub mod rng;
 pub mod strategy;
 pub mod train;

@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 /// What a client does with the global model in one round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrainPlan {
     pub epochs: usize,
     pub batch_size: usize,

@@ -1,0 +1,147 @@
+//! Protocol v1 message types: what a client and `webfl serve` say to each other.
+//!
+//! Both sides (de)serialise these same structs, so the browser client and the server cannot drift
+//! apart; `docs/protocol.md` describes the exchange and `/api/openapi.json` is generated from them.
+//! Model and update bodies are safetensors (see [`crate::params`]), not JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelSpec;
+use crate::train::TrainPlan;
+
+/// Protocol version (the `/api/v{N}` prefix). Bumped by changes that break existing clients.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Headers of an update upload.
+pub mod header {
+    /// The uploading client's id.
+    pub const CLIENT: &str = "x-webfl-client";
+    /// The model version the update was trained from.
+    pub const MODEL_VERSION: &str = "x-webfl-model-version";
+    /// Local examples trained on: the update's FedAvg weight.
+    pub const EXAMPLES: &str = "x-webfl-examples";
+}
+
+/// `POST /api/v1/checkin`. A first check-in sends no `client_id`; later ones send it together
+/// with `Authorization: Bearer <token>`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CheckInRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// What a client can do; informs the operator (recorded nowhere yet).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Capabilities {
+    /// Training backends the client can run, best first (`"cpu"`, `"webgpu"`).
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Local examples the client holds, if it knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples: Option<u64>,
+}
+
+/// The answer to a check-in: an assignment, or when to come back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CheckInResponse {
+    /// Selected for `round`: download `model_version`, train following `plan`, upload before the
+    /// deadline.
+    Assigned {
+        client_id: String,
+        token: String,
+        round: u64,
+        model_version: u64,
+        deadline_ms_from_now: u64,
+        plan: TrainPlan,
+        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+        model: ModelSpec,
+        upload_limit_bytes: usize,
+    },
+    /// Not selected now (round full, closing, or its new version being stored).
+    Retry { client_id: String, token: String, retry_after_ms: u64 },
+}
+
+impl CheckInResponse {
+    /// The identity the server confirmed or issued, whichever the answer.
+    pub fn identity(&self) -> (&str, &str) {
+        match self {
+            CheckInResponse::Assigned { client_id, token, .. } | CheckInResponse::Retry { client_id, token, .. } => {
+                (client_id, token)
+            }
+        }
+    }
+}
+
+/// `202` answer to an accepted upload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UploadResponse {
+    pub accepted: bool,
+    /// This update closed the round and a new version was committed.
+    pub round_closed: bool,
+}
+
+/// Every refusal: a machine-readable `error` code and a human `message`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// `GET /api/v1/task`: what a client needs before it checks in (to pick and shape its data).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskInfo {
+    pub protocol_version: u32,
+    pub name: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub model: ModelSpec,
+    pub plan: TrainPlan,
+    pub dataset: DatasetInfo,
+    pub upload_limit_bytes: usize,
+}
+
+/// The task's data as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DatasetInfo {
+    /// `mnist`, or the CSV file's name.
+    pub name: String,
+    /// Shape of one sample, e.g. `[1, 28, 28]`.
+    pub sample_shape: Vec<usize>,
+    pub classes: usize,
+    /// Where a demo client can fetch the public training split (WFDS, see
+    /// [`crate::data::mnist`]) to take a partition of; absent when the task has no public data
+    /// and each client must bring its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo_data_url: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_in_answers_are_tagged_by_status() {
+        let retry = CheckInResponse::Retry { client_id: "c".into(), token: "t".into(), retry_after_ms: 5 };
+        let json = serde_json::to_value(&retry).unwrap();
+        assert_eq!(json, serde_json::json!({"status": "retry", "client_id": "c", "token": "t", "retry_after_ms": 5}));
+        let back: CheckInResponse = serde_json::from_value(json).unwrap();
+        assert_eq!(back, retry);
+        assert_eq!(back.identity(), ("c", "t"));
+    }
+
+    #[test]
+    fn an_empty_check_in_is_a_new_client() {
+        let req: CheckInRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(req, CheckInRequest::default());
+        assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"capabilities":{"backends":[]}}"#);
+    }
+}
