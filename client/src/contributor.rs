@@ -1,0 +1,376 @@
+//! The contribution loop a Web Worker runs: check in, download the global model, train on local
+//! data, upload the update, repeat — until stopped. Protocol v1 (`docs/protocol.md`), with the
+//! message types shared with the server (`webfl_shared::proto`).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::{Function, Promise};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+use webfl_shared::data::Dataset;
+use webfl_shared::proto::{self, Capabilities, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
+use webfl_shared::train::TrainPlan;
+
+use crate::ClientError;
+use crate::data::{self, DemoPartition};
+use crate::events::{Event, Phase, RoundReport};
+use crate::local::Trainer;
+use crate::net::{self, Reply};
+
+/// Progress events are throttled to this interval so the page is not flooded.
+const PROGRESS_EVERY_MS: f64 = 100.0;
+/// Back-off after a failed exchange: doubles from the first to the last value.
+const BACKOFF_MS: (u64, u64) = (1_000, 30_000);
+/// Granularity at which a waiting client notices `stop()`.
+const STOP_POLL_MS: u64 = 200;
+
+/// A browser's contribution to one task on one server. Build it, give it data, `run()` it.
+#[wasm_bindgen]
+pub struct Contributor {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    server: String,
+    on_event: Function,
+    identity: RefCell<Option<(String, String)>>,
+    task: RefCell<Option<TaskInfo>>,
+    data: RefCell<Option<Rc<Dataset>>>,
+    stopped: Cell<bool>,
+    running: Cell<bool>,
+}
+
+#[wasm_bindgen]
+impl Contributor {
+    /// A contributor to the server at `server` (an absolute URL such as `http://127.0.0.1:8080`),
+    /// reporting through `on_event`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        server: String,
+        #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent) => void")] on_event: Function,
+    ) -> Contributor {
+        let inner = Inner {
+            server: server.trim_end_matches('/').to_string(),
+            on_event,
+            identity: RefCell::new(None),
+            task: RefCell::new(None),
+            data: RefCell::new(None),
+            stopped: Cell::new(false),
+            running: Cell::new(false),
+        };
+        Contributor { inner: Rc::new(inner) }
+    }
+
+    /// Continues as a client the server already knows (from an earlier `identity` event).
+    pub fn resume(&self, client_id: String, token: String) {
+        *self.inner.identity.borrow_mut() = Some((client_id, token));
+    }
+
+    /// Fetches the task description (`GET /api/v1/task`).
+    #[wasm_bindgen(js_name = loadTask, unchecked_return_type = "Promise<any>")]
+    pub fn load_task(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let task = inner.load_task().await?;
+            Ok(serde_wasm_json(&task))
+        })
+    }
+
+    /// Takes partition `client` of `of` of the task's public demo data under `scheme` (`iid`,
+    /// `shards:2`, `dirichlet:0.5`, …) with partition seed `seed`. Resolves to the example count.
+    #[wasm_bindgen(js_name = useDemoPartition, unchecked_return_type = "Promise<number>")]
+    pub fn use_demo_partition(&self, scheme: String, client: u32, of: u32, seed: u32) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let task = inner.load_task().await?;
+            let url =
+                task.dataset.demo_data_url.clone().ok_or_else(|| {
+                    ClientError::Data("this task has no public demo data: load your own CSV file".into())
+                })?;
+            let reply = net::send("GET", &inner.url(&url), &[], None).await?;
+            if !reply.ok() {
+                return Err(ClientError::Network(format!("downloading the demo data: {}", reply.error_text())).into());
+            }
+            let which = DemoPartition { scheme, client: client as usize, of: of as usize, seed: seed.into() };
+            let data = data::demo_partition(&reply.body, &which)?;
+            data::check_fits(&data, &task.dataset)?;
+            let source = format!("{} partition {}/{} ({})", task.dataset.name, which.client, which.of, which.scheme);
+            Ok(JsValue::from(inner.set_data(data, source)))
+        })
+    }
+
+    /// Uses the user's own CSV text (label column `label` or the first one). Returns the number
+    /// of examples. Call `loadTask` first so the data can be checked against the model.
+    #[wasm_bindgen(js_name = useCsv)]
+    pub fn use_csv(&self, text: &str, name: &str) -> Result<usize, JsError> {
+        let task = self.inner.task.borrow().clone().ok_or_else(|| JsError::new("call loadTask() before useCsv()"))?;
+        let data = data::csv_dataset(text, &task.dataset)?;
+        Ok(self.inner.set_data(data, format!("your file {name}")))
+    }
+
+    /// Contributes until `stop()`; resolves when stopped, rejects on a fatal error.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn run(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            if inner.running.replace(true) {
+                return Err(JsError::new("already running").into());
+            }
+            inner.stopped.set(false);
+            let result = inner.run().await;
+            inner.running.set(false);
+            inner.emit(&Event::state(Phase::Stopped, None, ""));
+            match result {
+                Ok(()) => Ok(JsValue::UNDEFINED),
+                Err(e) => {
+                    inner.emit(&Event::Error { message: e.to_string(), fatal: true });
+                    Err(JsError::from(e).into())
+                }
+            }
+        })
+    }
+
+    /// Asks the loop to stop at its next pause (a local round in progress finishes first; a page
+    /// that must stop at once terminates the worker).
+    pub fn stop(&self) {
+        self.inner.stopped.set(true);
+    }
+}
+
+fn serde_wasm_json<T: serde::Serialize>(value: &T) -> JsValue {
+    serde_json::to_string(value).ok().and_then(|t| js_sys::JSON::parse(&t).ok()).unwrap_or(JsValue::NULL)
+}
+
+/// How one pass of the loop ended.
+enum Step {
+    Retry(u64),
+    Trained(RoundReport),
+}
+
+impl Inner {
+    fn emit(&self, event: &Event) {
+        // A throwing listener must not kill the loop.
+        let _ = self.on_event.call1(&JsValue::NULL, &event.to_js());
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.server)
+        }
+    }
+
+    async fn load_task(&self) -> Result<TaskInfo, ClientError> {
+        if let Some(task) = self.task.borrow().clone() {
+            return Ok(task);
+        }
+        let reply = net::send("GET", &self.url("/api/v1/task"), &[], None).await?;
+        if !reply.ok() {
+            return Err(ClientError::Network(format!("reading the task: {}", reply.error_text())));
+        }
+        let task: TaskInfo = serde_json::from_slice(&reply.body)
+            .map_err(|e| ClientError::Protocol(format!("the task description is not protocol v1: {e}")))?;
+        if task.protocol_version != proto::PROTOCOL_VERSION {
+            return Err(ClientError::Protocol(format!(
+                "the server speaks protocol v{}, this client v{}",
+                task.protocol_version,
+                proto::PROTOCOL_VERSION
+            )));
+        }
+        *self.task.borrow_mut() = Some(task.clone());
+        Ok(task)
+    }
+
+    fn set_data(&self, data: Dataset, source: String) -> usize {
+        let examples = data.len();
+        self.emit(&Event::Data { source, examples, class_counts: data.class_histogram() });
+        *self.data.borrow_mut() = Some(Rc::new(data));
+        examples
+    }
+
+    async fn run(&self) -> Result<(), ClientError> {
+        let data = self.data.borrow().clone().ok_or_else(|| ClientError::Data("no local data loaded".into()))?;
+        let mut trainer: Option<Trainer> = None;
+        let mut model_cache: Option<(u64, Vec<u8>)> = None;
+        let mut backoff = BACKOFF_MS.0;
+        while !self.stopped.get() {
+            match self.step(&data, &mut trainer, &mut model_cache).await {
+                Ok(Step::Retry(ms)) => {
+                    backoff = BACKOFF_MS.0;
+                    self.emit(&Event::state(
+                        Phase::Waiting,
+                        None,
+                        format!("next check-in in {:.1} s", ms as f64 / 1e3),
+                    ));
+                    self.pause(ms).await;
+                }
+                Ok(Step::Trained(report)) => {
+                    backoff = BACKOFF_MS.0;
+                    self.emit(&Event::Round(report));
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    self.emit(&Event::Error { message: e.to_string(), fatal: false });
+                    self.emit(&Event::state(Phase::Waiting, None, format!("retrying in {} s", backoff / 1000)));
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MS.1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps `ms`, waking early when stopped.
+    async fn pause(&self, ms: u64) {
+        let mut left = ms;
+        while left > 0 && !self.stopped.get() {
+            let slice = left.min(STOP_POLL_MS);
+            net::sleep(slice).await;
+            left -= slice;
+        }
+    }
+
+    fn auth_header(&self) -> Option<String> {
+        self.identity.borrow().as_ref().map(|(_, token)| format!("Bearer {token}"))
+    }
+
+    async fn check_in(&self, examples: usize, backend: &str) -> Result<CheckInResponse, ClientError> {
+        self.emit(&Event::state(Phase::Connecting, None, "checking in"));
+        let request = CheckInRequest {
+            client_id: self.identity.borrow().as_ref().map(|(id, _)| id.clone()),
+            capabilities: Capabilities { backends: vec![backend.to_string()], examples: Some(examples as u64) },
+        };
+        let body = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let auth = self.auth_header();
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth));
+        }
+        let reply = net::send("POST", &self.url("/api/v1/checkin"), &headers, Some(&body)).await?;
+        if reply.status == 401 {
+            // The server does not know us (its store was reset): start over as a new client.
+            *self.identity.borrow_mut() = None;
+            return Err(ClientError::Rejected(format!("{}; checking in as a new client", reply.error_text())));
+        }
+        let response: CheckInResponse = parse_reply(&reply, "check-in")?;
+        let (id, token) = response.identity();
+        let known = self.identity.borrow().as_ref().is_some_and(|(i, t)| i == id && t == token);
+        if !known {
+            *self.identity.borrow_mut() = Some((id.to_string(), token.to_string()));
+            self.emit(&Event::Identity { client_id: id.to_string(), token: token.to_string() });
+        }
+        Ok(response)
+    }
+
+    async fn step(
+        &self,
+        data: &Dataset,
+        trainer: &mut Option<Trainer>,
+        model_cache: &mut Option<(u64, Vec<u8>)>,
+    ) -> Result<Step, ClientError> {
+        let backend = trainer.as_ref().map_or("cpu", |t| t.backend_name());
+        let (client_id, token, round, model_version, plan, model) = match self.check_in(data.len(), backend).await? {
+            CheckInResponse::Retry { retry_after_ms, .. } => return Ok(Step::Retry(retry_after_ms)),
+            CheckInResponse::Assigned { client_id, token, round, model_version, plan, model, .. } => {
+                (client_id, token, round, model_version, plan, model)
+            }
+        };
+
+        // Download, unless this version is cached (a retried round trains the same version).
+        self.emit(&Event::state(Phase::Downloading, Some(round), format!("model version {model_version}")));
+        let started = net::now_ms();
+        let (global, bytes_down) = match model_cache.take() {
+            Some((v, bytes)) if v == model_version => (bytes, 0),
+            _ => {
+                let url = self.url(&format!("/api/v1/models/{model_version}"));
+                let reply = net::send("GET", &url, &[], None).await?;
+                if !reply.ok() {
+                    return Err(ClientError::Rejected(format!("downloading the model: {}", reply.error_text())));
+                }
+                let n = reply.body.len();
+                (reply.body, n)
+            }
+        };
+        let download_ms = net::now_ms() - started;
+
+        // Train: synchronous, so this worker is busy but the page is not.
+        if trainer.as_ref().is_none_or(|t| *t.spec() != model) {
+            *trainer = Some(Trainer::new(&model)?);
+        }
+        let Some(trainer) = trainer.as_mut() else { unreachable!("the trainer was just built") };
+        self.emit(&Event::state(Phase::Training, Some(round), format!("{} examples", data.len())));
+        let started = net::now_ms();
+        let update = self.train(trainer, &global, data, &plan, round)?;
+        let train_ms = net::now_ms() - started;
+        *model_cache = Some((model_version, global));
+
+        self.emit(&Event::state(Phase::Uploading, Some(round), format!("{} bytes", update.body.len())));
+        let started = net::now_ms();
+        let auth = format!("Bearer {token}");
+        let (examples, version) = (update.stats.examples.to_string(), model_version.to_string());
+        let headers = [
+            ("content-type", "application/octet-stream"),
+            ("authorization", auth.as_str()),
+            (proto::header::CLIENT, client_id.as_str()),
+            (proto::header::MODEL_VERSION, version.as_str()),
+            (proto::header::EXAMPLES, examples.as_str()),
+        ];
+        let url = self.url(&format!("/api/v1/rounds/{round}/update"));
+        let reply = net::send("POST", &url, &headers, Some(&update.body)).await?;
+        let accepted: UploadResponse = parse_reply(&reply, "upload")?;
+        let upload_ms = net::now_ms() - started;
+        Ok(Step::Trained(RoundReport {
+            round,
+            model_version,
+            backend: trainer.backend_name().to_string(),
+            examples: update.stats.examples,
+            local_loss: update.stats.loss,
+            local_accuracy: update.stats.accuracy,
+            bytes_down,
+            bytes_up: update.body.len(),
+            download_ms,
+            train_ms,
+            upload_ms,
+            round_closed: accepted.round_closed,
+        }))
+    }
+
+    fn train(
+        &self,
+        trainer: &mut Trainer,
+        global: &[u8],
+        data: &Dataset,
+        plan: &TrainPlan,
+        round: u64,
+    ) -> Result<crate::local::LocalUpdate, ClientError> {
+        let seed = net::random_seed()?;
+        let mut last_emit = f64::NEG_INFINITY;
+        let epochs = plan.epochs;
+        trainer.train_round(global, data, plan, seed, &mut |p| {
+            let now = net::now_ms();
+            if now - last_emit >= PROGRESS_EVERY_MS || p.step == p.total_steps {
+                last_emit = now;
+                self.emit(&Event::Progress {
+                    round,
+                    epoch: p.epoch,
+                    epochs,
+                    step: p.step,
+                    total_steps: p.total_steps,
+                    loss: p.loss,
+                });
+            }
+        })
+    }
+}
+
+/// A 2xx JSON body as `T`; an error status becomes `Rejected` (the server refused; retry later).
+fn parse_reply<T: serde::de::DeserializeOwned>(reply: &Reply, what: &str) -> Result<T, ClientError> {
+    if !reply.ok() {
+        let text = format!("{what} refused: {}", reply.error_text());
+        return Err(if reply.status >= 500 { ClientError::Network(text) } else { ClientError::Rejected(text) });
+    }
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| ClientError::Protocol(format!("the {what} answer is not protocol v1: {e}")))
+}

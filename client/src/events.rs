@@ -1,0 +1,83 @@
+//! What the client tells the page. Serialised to plain JS objects tagged by `type`; the
+//! TypeScript declarations below are emitted into the generated `.d.ts` and must match the serde
+//! shapes (a test in `tests/worker.rs` checks every variant against them).
+
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_EVENTS: &str = r#"
+/** What the client is doing. */
+export type ClientPhase = "connecting" | "waiting" | "downloading" | "training" | "uploading" | "stopped";
+export interface StateEvent { type: "state"; state: ClientPhase; round: number | null; detail: string }
+/** The identity the server issued; persist it to resume after a reload. */
+export interface IdentityEvent { type: "identity"; client_id: string; token: string }
+/** The local data is ready: how many examples, per class. */
+export interface DataEvent { type: "data"; source: string; examples: number; class_counts: number[] }
+/** Local training progress, at most every 100 ms. */
+export interface ProgressEvent {
+  type: "progress"; round: number; epoch: number; epochs: number; step: number; total_steps: number; loss: number;
+}
+/** A finished local round: what was trained, sent, and how long each phase took. */
+export interface RoundEvent {
+  type: "round"; round: number; model_version: number; backend: string; examples: number;
+  local_loss: number; local_accuracy: number; bytes_down: number; bytes_up: number;
+  download_ms: number; train_ms: number; upload_ms: number; round_closed: boolean;
+}
+/** A problem; `fatal` ones stop the client, others are retried. */
+export interface ErrorEvent { type: "error"; message: string; fatal: boolean }
+export type ClientEvent = StateEvent | IdentityEvent | DataEvent | ProgressEvent | RoundEvent | ErrorEvent;
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Connecting,
+    Waiting,
+    Downloading,
+    Training,
+    Uploading,
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoundReport {
+    pub round: u64,
+    pub model_version: u64,
+    pub backend: String,
+    pub examples: usize,
+    pub local_loss: f64,
+    pub local_accuracy: f64,
+    pub bytes_down: usize,
+    pub bytes_up: usize,
+    pub download_ms: f64,
+    pub train_ms: f64,
+    pub upload_ms: f64,
+    pub round_closed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    State { state: Phase, round: Option<u64>, detail: String },
+    Identity { client_id: String, token: String },
+    Data { source: String, examples: usize, class_counts: Vec<usize> },
+    Progress { round: u64, epoch: usize, epochs: usize, step: usize, total_steps: usize, loss: f64 },
+    Round(RoundReport),
+    Error { message: String, fatal: bool },
+}
+
+impl Event {
+    pub fn state(state: Phase, round: Option<u64>, detail: impl Into<String>) -> Self {
+        Event::State { state, round, detail: detail.into() }
+    }
+
+    /// The event as a plain JS object.
+    pub fn to_js(&self) -> JsValue {
+        // Only numbers, strings and booleans: serialising cannot fail, and non-finite losses
+        // become null rather than invalid JSON.
+        let text = serde_json::to_string(self)
+            .unwrap_or_else(|e| format!(r#"{{"type":"error","message":"event not serialisable: {e}","fatal":false}}"#));
+        js_sys::JSON::parse(&text).unwrap_or(JsValue::NULL)
+    }
+}
