@@ -1,0 +1,287 @@
+// End-to-end: a real `webfl serve` process and real headless Chromium pages.
+//
+// Four pages, each with its own non-overlapping quarter of the MNIST training split, train the
+// 2NN; the server's test accuracy must reach 90%. On the way: a reloaded tab resumes its
+// identity, SIGKILL + restart of the server loses no committed version and training continues,
+// and a page closed mid-round does not stall the round. The dashboard is screenshotted.
+// Writes out/e2e/{report.json,dashboard.png,server-*.log}; exits non-zero on any failure.
+//
+// Needs: target/release/webfl, www/dist (scripts/build-web), data/mnist.wfds, /usr/bin/chromium.
+
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createWriteStream } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { gzipSync } from "node:zlib";
+import { chromium } from "playwright-core";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+const OUT = join(ROOT, "out/e2e");
+const BIN = join(ROOT, "target/release/webfl");
+const PAGES = 4;
+const TARGET_ACCURACY = 0.9;
+const MIN_ROUNDS = 10;
+
+let failures = 0;
+const checks = [];
+function check(name, ok, detail = "") {
+  checks.push({ name, ok, detail });
+  console.log(`${ok ? "ok  " : "FAIL"} ${name}${detail ? ` — ${detail}` : ""}`);
+  if (!ok) failures++;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function waitFor(what, fn, timeoutMs, everyMs = 250) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn().catch((e) => {
+      if (e.message.includes("stopped:")) throw e;
+      return undefined;
+    });
+    if (value) return value;
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on("error", reject);
+  });
+}
+
+/** Starts `webfl serve`; resolves once it prints its address. */
+function startServer(port, dataDir, logName) {
+  const log = createWriteStream(join(OUT, logName));
+  const child = spawn(
+    BIN,
+    ["serve", "--port", String(port), "--data", dataDir, "--www", join(ROOT, "www/dist"), "--config", join(ROOT, "tests/e2e/task.toml")],
+    { cwd: ROOT, env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  child.stderr.pipe(log);
+  child.serverLog = [];
+  child.stderr.on("data", (d) => child.serverLog.push(...d.toString().split("\n")));
+  return new Promise((resolve, reject) => {
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (out.includes("webfl serving at")) resolve(child);
+    });
+    child.on("exit", (code) => reject(new Error(`webfl serve exited with ${code} before serving (see ${logName})`)));
+  });
+}
+
+/** Peak resident memory of a live process (VmHWM), in MiB. */
+function peakMemoryMiB(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  return kb / 1024;
+}
+
+const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*m/g, "");
+function serverTimings(lines) {
+  const field = (line, name) => Number(new RegExp(`${name}=(\\d+)`).exec(stripAnsi(line))?.[1]);
+  const agg = lines.filter((l) => l.includes("update aggregated")).map((l) => field(l, "aggregate_us") / 1000);
+  const commits = lines.filter((l) => l.includes("new model version"));
+  return {
+    aggregate_ms_per_update: agg,
+    evaluate_ms: commits.map((l) => field(l, "eval_ms")),
+    store_ms: commits.map((l) => field(l, "store_ms")),
+  };
+}
+
+const median = (xs) => {
+  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+};
+
+async function main() {
+  for (const [path, hint] of [
+    [BIN, "cargo build --release -p webfl-server"],
+    [join(ROOT, "www/dist/index.html"), "scripts/build-web"],
+    [join(ROOT, "data/mnist.wfds"), "scripts/setup"],
+  ]) {
+    try {
+      statSync(path);
+    } catch {
+      throw new Error(`${path} is missing: run ${hint}`);
+    }
+  }
+  rmSync(OUT, { recursive: true, force: true });
+  mkdirSync(OUT, { recursive: true });
+  const dataDir = mkdtempSync(join(tmpdir(), "webfl-e2e-"));
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const api = async (path) => {
+    const r = await fetch(base + path);
+    if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+    return r.json();
+  };
+
+  const t0 = Date.now();
+  let server = await startServer(port, dataDir, "server-1.log");
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"],
+  });
+  const pageErrors = [];
+  const context = await browser.newContext();
+  const pages = [];
+  try {
+    for (let i = 0; i < PAGES; i++) {
+      const page = await context.newPage();
+      page.on("pageerror", (e) => pageErrors.push(`page ${i}: ${e.message}`));
+      page.on("console", (m) => m.type() === "error" && pageErrors.push(`page ${i} console: ${m.text()}`));
+      await page.goto(`${base}/?partition=iid&client=${i}&of=${PAGES}&autostart=1`);
+      pages.push(page);
+    }
+    // A page that gave up fails the run at once instead of timing out later.
+    const status = async () => {
+      for (const [i, page] of pages.entries()) {
+        const fatal = await page.evaluate(() => window.webflLog?.find((e) => e.type === "error" && e.fatal)).catch(() => undefined);
+        if (fatal) throw new Error(`page ${i} stopped: ${fatal.message}`);
+      }
+      return api("/api/status");
+    };
+
+    // 1. The first round with four browsers.
+    await waitFor("the first completed round", async () => (await status()).rounds_completed >= 1, 120_000);
+    const firstRoundSeconds = (Date.now() - t0) / 1000;
+    check("a first round completes with 4 pages", true, `${firstRoundSeconds.toFixed(1)} s after starting webfl serve`);
+
+    // 2. A reloaded tab resumes as the same client.
+    const idOf = (page) =>
+      page.evaluate(() => window.webflLog.find((e) => e.type === "identity" || (e.type === "restored" && e.client_id))?.client_id);
+    const before = await waitFor("page 0's identity", () => idOf(pages[0]), 30_000);
+    await pages[0].reload();
+    const restored = await waitFor("page 0 restored", () =>
+      pages[0].evaluate(() => window.webflLog.find((e) => e.type === "restored")),
+    30_000);
+    check("a reloaded tab resumes its identity from IndexedDB", restored.client_id === before, `${restored.client_id} vs ${before}`);
+
+    // 3. SIGKILL the server mid-run, restart it on the same port and data folder.
+    await waitFor("3 rounds", async () => (await status()).rounds_completed >= 3, 120_000);
+    await waitFor("a round in progress", async () => (await status()).open_round !== null, 30_000, 50);
+    const committed = (await api("/api/rounds")).filter((r) => r.version !== null);
+    const peak1 = peakMemoryMiB(server.pid);
+    const killedTimings = serverTimings(server.serverLog);
+    server.kill("SIGKILL");
+    await new Promise((r) => server.once("exit", r));
+    server = await startServer(port, dataDir, "server-2.log");
+    const after = await api("/api/rounds");
+    const lost = committed.filter((c) => !after.some((r) => r.version === c.version && r.round === c.round));
+    const resumed = await status();
+    check(
+      "SIGKILL + restart loses no committed version",
+      lost.length === 0 && resumed.model_version >= committed.at(-1).version,
+      `${committed.length} versions before the kill, model_version ${resumed.model_version} after restart`,
+    );
+    await waitFor("training to continue after the restart", async () => (await status()).model_version > resumed.model_version, 120_000);
+    check("training continues after the restart", true, `model_version ${(await status()).model_version}`);
+
+    // 4. Close one page mid-round: the round must still close (deadline / over-selection).
+    const victim = pages[PAGES - 1];
+    await waitFor("the last page to start a round", () =>
+      victim.evaluate(() => ["downloading", "training", "uploading"].includes(document.body.dataset.state)),
+    60_000, 20);
+    const openRound = (await status()).open_round;
+    await victim.close();
+    pages.pop();
+    const closedAt = Date.now();
+    const settled = await waitFor("the round after the page closed to settle", async () => {
+      const rounds = await api("/api/rounds");
+      return rounds.find((r) => r.round >= openRound && r.version !== null);
+    }, 60_000);
+    check(
+      "closing a page mid-round does not stall the round",
+      true,
+      `round ${settled.round} ${settled.outcome} with ${settled.reports}/${settled.selected} reports, ${((Date.now() - closedAt) / 1000).toFixed(1)} s after the close`,
+    );
+
+    // 5. Accuracy.
+    const final = await waitFor(
+      `${MIN_ROUNDS} rounds and test accuracy ≥ ${TARGET_ACCURACY}`,
+      async () => {
+        const s = await status();
+        return s.rounds_completed >= MIN_ROUNDS && s.test_accuracy >= TARGET_ACCURACY ? s : undefined;
+      },
+      240_000,
+    );
+    check(
+      `global test accuracy reaches ${TARGET_ACCURACY * 100}% in ≥ ${MIN_ROUNDS} rounds`,
+      true,
+      `${(final.test_accuracy * 100).toFixed(2)}% after ${final.rounds_completed} rounds`,
+    );
+
+    // 6. The dashboard shows the curve.
+    const dash = await context.newPage();
+    dash.on("pageerror", (e) => pageErrors.push(`dashboard: ${e.message}`));
+    await dash.setViewportSize({ width: 1280, height: 1400 });
+    await dash.goto(`${base}/dashboard`);
+    await waitFor("the dashboard to load the rounds", () =>
+      dash.evaluate((n) => Number(document.body.dataset.roundsCompleted) >= n, final.rounds_completed),
+    30_000);
+    const points = Number(await dash.getAttribute("#accuracy-chart", "data-points"));
+    await dash.screenshot({ path: join(OUT, "dashboard.png"), fullPage: true });
+    check("the dashboard plots the accuracy curve", points >= MIN_ROUNDS, `${points} points; screenshot out/e2e/dashboard.png`);
+
+    // Measurements.
+    const events = [];
+    for (const page of pages) events.push(...(await page.evaluate(() => window.webflLog.filter((e) => e.type === "round"))));
+    const rounds = await api("/api/rounds");
+    const timings = serverTimings([...killedTimings.aggregate_ms_per_update.map(() => ""), ...server.serverLog]);
+    const killedAndNow = {
+      aggregate_ms_per_update: [...killedTimings.aggregate_ms_per_update, ...timings.aggregate_ms_per_update],
+      evaluate_ms: [...killedTimings.evaluate_ms, ...timings.evaluate_ms],
+      store_ms: [...killedTimings.store_ms, ...timings.store_ms],
+    };
+    const wasm = readFileSync(join(ROOT, "www/dist/pkg/webfl_client_bg.wasm"));
+    const closed = rounds.filter((r) => r.version !== null);
+    const report = {
+      first_round_seconds_after_serve_start: firstRoundSeconds,
+      rounds_completed: final.rounds_completed,
+      final_test_accuracy: final.test_accuracy,
+      round_wall_ms_median: median(closed.map((r) => r.closed_at_ms - r.opened_at_ms)),
+      client_ms_median: {
+        download: median(events.filter((e) => e.bytes_down > 0).map((e) => e.download_ms)),
+        train: median(events.map((e) => e.train_ms)),
+        upload: median(events.map((e) => e.upload_ms)),
+      },
+      server_ms_median: {
+        aggregate_per_update: median(killedAndNow.aggregate_ms_per_update),
+        evaluate: median(killedAndNow.evaluate_ms),
+        store: median(killedAndNow.store_ms),
+      },
+      bytes_up_per_update: median(events.map((e) => e.bytes_up)),
+      wasm_bytes: wasm.length,
+      wasm_gzip_bytes: gzipSync(wasm, { level: 9 }).length,
+      server_peak_rss_mib: { before_kill: peak1, after_restart: peakMemoryMiB(server.pid) },
+      rounds: rounds.map(({ round, outcome, version, selected, reports, test_accuracy, opened_at_ms, closed_at_ms }) => ({
+        round, outcome, version, selected, reports, test_accuracy, duration_ms: closed_at_ms - opened_at_ms,
+      })),
+      checks,
+    };
+    writeFileSync(join(OUT, "report.json"), JSON.stringify(report, null, 2));
+    console.log(JSON.stringify({ ...report, rounds: undefined, checks: undefined }, null, 2));
+  } finally {
+    check("no page errors", pageErrors.length === 0, pageErrors.slice(0, 5).join(" | "));
+    await browser.close().catch(() => {});
+    server.kill("SIGKILL");
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+main()
+  .catch((e) => {
+    check("end-to-end run", false, e.message);
+  })
+  .finally(() => {
+    console.log(`\ne2e: ${checks.length - failures} passed, ${failures} failed`);
+    process.exit(failures ? 1 : 0);
+  });
