@@ -5,11 +5,14 @@
 //! `{"error": "<code>", "message": "<human text>"}` with a fitting status code.
 //!
 //! Endpoints:
+//! - `GET  /api/v1/task` — the task: model, plan, data shape, upload limit.
 //! - `POST /api/v1/checkin` — assignment (round, model version, plan, model) or retry-after.
 //! - `GET  /api/v1/models/{version}` — a committed model as safetensors bytes.
 //! - `POST /api/v1/rounds/{round}/update` — a client's update Δ as safetensors (bounded size).
 //! - `GET  /api/status` — a JSON summary for people and dashboards.
+//! - `GET  /api/rounds`, `GET /api/clients` — round history and client health.
 //! - `GET  /metrics` — Prometheus text.
+//! - `GET  /api/openapi.json` — the OpenAPI document of all of the above ([`crate::openapi`]).
 //!
 //! The state lock is a `std::sync::Mutex` that is never held across an `.await`; closing a round
 //! evaluates the new model on a blocking thread with the lock released (the coordinator hands out
@@ -28,8 +31,8 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use tower_http::services::{ServeDir, ServeFile};
 use serde_json::json;
+use tower_http::services::{ServeDir, ServeFile};
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
@@ -486,7 +489,17 @@ fn api(state: AppState) -> Router {
     router.with_state(state)
 }
 
-async fn task_info(State(state): State<AppState>) -> Response {
+/// The task: what a client needs before it checks in.
+///
+/// The model, training plan, data shape (and where to fetch public demo data) and the upload
+/// limit, so a client can pick and shape its data before it asks to join a round.
+#[utoipa::path(
+    get,
+    path = "/api/v1/task",
+    tag = "protocol",
+    responses((status = 200, description = "The task.", body = TaskInfo))
+)]
+pub(crate) async fn task_info(State(state): State<AppState>) -> Response {
     let task = &state.task;
     axum::Json(TaskInfo {
         protocol_version: PROTOCOL_VERSION,
@@ -499,7 +512,14 @@ async fn task_info(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn openapi() -> Response {
+/// This OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "operator",
+    responses((status = 200, description = "The OpenAPI 3.1 document of every endpoint.", body = Object))
+)]
+pub(crate) async fn openapi() -> Response {
     axum::Json(crate::openapi::document()).into_response()
 }
 
@@ -537,7 +557,36 @@ fn authenticate(inner: &Inner, headers: &HeaderMap, client: &str) -> Result<(), 
     Ok(())
 }
 
-async fn checkin(
+/// Check in: get an assignment for the open round, or when to come back.
+///
+/// A first check-in sends no `client_id` (an empty body is fine) and receives a fresh
+/// `client_id` and `token`; later ones send `client_id` with `Authorization: Bearer <token>`.
+/// Checking in again while selected returns the same assignment.
+#[utoipa::path(
+    post,
+    path = "/api/v1/checkin",
+    tag = "protocol",
+    request_body(
+        content = CheckInRequest,
+        content_type = "application/json",
+        description = "Empty or `{}` for a first check-in; later ones send `client_id`. At most 64 KiB."
+    ),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "`assigned` (train and upload before the deadline) or `retry` (come back after \
+                                      `retry_after_ms`); both carry the client's `client_id` and `token`.",
+         body = CheckInResponse),
+        (status = 400, description = "`bad_json`: the body is not a check-in request; `bad_body`: the body could \
+                                      not be read.", body = proto::ErrorBody),
+        (status = 401, description = "`unauthorized`: a `client_id` without a bearer token, or an unknown \
+                                      `client_id` (check in anew without one).", body = proto::ErrorBody,
+         headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: the token is not this client's.", body = proto::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 64 KiB.", body = proto::ErrorBody),
+        (status = 500, description = "`internal`: the server could not record the client.", body = proto::ErrorBody),
+    )
+)]
+pub(crate) async fn checkin(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -613,7 +662,24 @@ fn parse_u64(what: &str, text: &str) -> Result<u64, AppError> {
         .map_err(|_| AppError::bad_request("bad_request", format!("{what} must be an unsigned integer, got {text:?}")))
 }
 
-async fn model(State(state): State<AppState>, Path(version): Path<String>) -> Result<Response, AppError> {
+/// Download a committed model version as safetensors.
+///
+/// F32 tensors with PyTorch `state_dict` names. A committed version never changes.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{version}",
+    tag = "protocol",
+    params(("version" = u64, Path, description = "A committed model version (an assignment's `model_version`).")),
+    responses(
+        (status = 200, description = "The model as safetensors.", body = crate::openapi::Safetensors,
+         content_type = "application/octet-stream",
+         headers(("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"))),
+        (status = 400, description = "`bad_request`: the version is not an unsigned integer.", body = proto::ErrorBody),
+        (status = 404, description = "`not_found`: no such version (yet).", body = proto::ErrorBody),
+        (status = 500, description = "`internal`: the server could not read its store.", body = proto::ErrorBody),
+    )
+)]
+pub(crate) async fn model(State(state): State<AppState>, Path(version): Path<String>) -> Result<Response, AppError> {
     let version = parse_u64("the model version", &version)?;
     let bytes = state.lock().store.get(version).map_err(|e| AppError::Internal(format!("reading the model: {e}")))?;
     let Some(bytes) = bytes else {
@@ -633,7 +699,51 @@ fn required_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Ap
     value.to_str().map_err(|_| AppError::bad_request("bad_header", format!("header {name} is not text")))
 }
 
-async fn upload(
+/// Upload an update Δ = w_local − w_global for a round.
+///
+/// Before the round's deadline, from a client selected for it, once per round. Every refusal
+/// leaves the round, the model and the counters unchanged.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rounds/{round}/update",
+    tag = "protocol",
+    params(
+        ("round" = u64, Path, description = "The assigned round."),
+        ("X-Webfl-Client" = String, Header, description = "The uploading client's `client_id`."),
+        ("X-Webfl-Model-Version" = u64, Header, description = "The model version the update was trained from."),
+        ("X-Webfl-Examples" = u64, Header, minimum = 1,
+         description = "Local examples trained on: the update's FedAvg weight."),
+    ),
+    request_body(
+        content = crate::openapi::Safetensors,
+        content_type = "application/octet-stream",
+        description = "Δ as safetensors: exactly the model's tensor names and shapes, F32, finite values; at most \
+                       the task's `upload_limit_bytes`."
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted into the round; `round_closed` when it closed the round and a new \
+                                      version was committed.", body = UploadResponse),
+        (status = 400, description = "`missing_header`: an `X-Webfl-*` header is missing; `bad_header`: one is not \
+                                      text; `bad_request`: the round, `X-Webfl-Model-Version` or `X-Webfl-Examples` \
+                                      is not an unsigned integer; `bad_body`: the body could not be read.",
+         body = proto::ErrorBody),
+        (status = 401, description = "`unauthorized`: no bearer token, or an unknown client (check in anew).",
+         body = proto::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: the token is not this client's; `not_selected`: the client is not \
+                                      selected for this round.", body = proto::ErrorBody),
+        (status = 409, description = "`wrong_round`: another round is open; `wrong_model_version`: not trained from \
+                                      the current version; `already_reported`: this client's update for the round \
+                                      is in; `no_open_round`: no round is taking updates; `deadline_passed`: the \
+                                      round's deadline has passed.", body = proto::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds `upload_limit_bytes`.",
+         body = proto::ErrorBody),
+        (status = 422, description = "`bad_update`: not this model's tensor names, shapes or dtype, not safetensors, \
+                                      or non-finite values; `no_examples`: `X-Webfl-Examples` is 0.",
+         body = proto::ErrorBody),
+    )
+)]
+pub(crate) async fn upload(
     State(state): State<AppState>,
     Path(round): Path<String>,
     headers: HeaderMap,
@@ -667,7 +777,10 @@ async fn accept_upload(
         let layout = state.lock().coordinator.global().layout().clone();
         let update = Params::from_safetensors(layout, &body)
             .map_err(|e| AppError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))?;
-        Ok::<_, AppError>(state.lock().coordinator.submit(&client, round, model_version, &update, examples, now)?)
+        let started = Instant::now();
+        let settled = state.lock().coordinator.submit(&client, round, model_version, &update, examples, now)?;
+        tracing::info!(round, client, aggregate_us = started.elapsed().as_micros() as u64, "update aggregated");
+        Ok::<_, AppError>(settled)
     })();
     let settled = {
         let mut inner = state.lock();
@@ -689,7 +802,14 @@ async fn accept_upload(
     Ok((StatusCode::ACCEPTED, axum::Json(UploadResponse { accepted: true, round_closed })).into_response())
 }
 
-async fn status(State(state): State<AppState>) -> Response {
+/// A summary for people and dashboards.
+#[utoipa::path(
+    get,
+    path = "/api/status",
+    tag = "operator",
+    responses((status = 200, description = "The server's state.", body = crate::openapi::StatusSchema))
+)]
+pub(crate) async fn status(State(state): State<AppState>) -> Response {
     let now = state.now();
     let inner = state.lock();
     let rounds_completed = inner.history.iter().filter(|r| r.version.is_some()).count();
@@ -710,17 +830,45 @@ async fn status(State(state): State<AppState>) -> Response {
 }
 
 /// Every settled round, oldest first: the dashboard's accuracy curve and round timeline.
-async fn rounds(State(state): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/rounds",
+    tag = "operator",
+    responses((status = 200, description = "Settled rounds, oldest first.", body = Vec<RoundRecord>))
+)]
+pub(crate) async fn rounds(State(state): State<AppState>) -> Response {
     axum::Json(state.lock().history.clone()).into_response()
 }
 
 /// Health of every known client: last seen, rounds completed, failures, last round trip.
-async fn clients(State(state): State<AppState>) -> Result<Response, AppError> {
+#[utoipa::path(
+    get,
+    path = "/api/clients",
+    tag = "operator",
+    responses(
+        (status = 200, description = "Known clients, most recently seen first.",
+         body = Vec<crate::store::ClientRecord>),
+        (status = 500, description = "`internal`: the server could not read its store.", body = proto::ErrorBody),
+    )
+)]
+pub(crate) async fn clients(State(state): State<AppState>) -> Result<Response, AppError> {
     let clients = state.lock().store.clients().map_err(|e| AppError::Internal(format!("reading clients: {e}")))?;
     Ok(axum::Json(clients).into_response())
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus metrics.
+///
+/// `webfl_model_version`, `webfl_rounds_completed_total`, `webfl_rounds_abandoned_total`,
+/// `webfl_updates_accepted_total`, `webfl_updates_rejected_total{reason}` (by error code) and
+/// `webfl_test_accuracy`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operator",
+    responses((status = 200, description = "Prometheus text exposition format.", body = String,
+               content_type = "text/plain; version=0.0.4"))
+)]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     use std::fmt::Write;
     let inner = state.lock();
     let completed = inner.history.iter().filter(|r| r.version.is_some()).count();

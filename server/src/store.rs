@@ -37,7 +37,7 @@ pub enum StoreError {
 }
 
 /// How a round ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundOutcome {
     Closed,
@@ -69,7 +69,7 @@ impl RoundOutcome {
 }
 
 /// One finished (or abandoned) round, as shown on the dashboard.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoundRecord {
     pub round: u64,
     pub outcome: RoundOutcome,
@@ -91,7 +91,7 @@ pub struct StoredVersion {
 }
 
 /// What the operator sees about a client.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientRecord {
     pub client_id: String,
     pub first_seen_ms: u64,

@@ -13,10 +13,10 @@ use serde_json::Value;
 use tower::ServiceExt;
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
-use webfl_shared::params::{Layout, Params};
+use webfl_shared::params::{Layout, Params, TensorSpec};
+use webfl_shared::proto::DatasetInfo;
 use webfl_shared::strategy::{StrategyConfig, StrategyKind};
 use webfl_shared::train::TrainPlan;
-use webfl_shared::proto::DatasetInfo;
 
 use webfl_server::http::{AppState, TaskSetup, app};
 use webfl_server::rounds::RoundPolicy;
@@ -97,14 +97,6 @@ async fn checkin(app: &Router) -> (Client, Value) {
     (client, json)
 }
 
-fn upload_req(round: u64, headers: &[(&str, &str)], body: Vec<u8>) -> Request<Body> {
-    let mut req = Request::post(format!("/api/v1/rounds/{round}/update"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.header(header::CONTENT_TYPE, "application/octet-stream").body(Body::from(body)).unwrap()
-}
-
 async fn upload(
     app: &Router,
     c: &Client,
@@ -113,15 +105,9 @@ async fn upload(
     examples: u64,
     body: Vec<u8>,
 ) -> (StatusCode, Value) {
-    let auth = format!("Bearer {}", c.token);
     let (v, e) = (version.to_string(), examples.to_string());
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("x-webfl-client", c.id.as_str()),
-        ("x-webfl-model-version", v.as_str()),
-        ("x-webfl-examples", e.as_str()),
-    ];
-    call_json(app, upload_req(round, &headers, body)).await
+    let headers = [("x-webfl-model-version", Some(v.as_str())), ("x-webfl-examples", Some(e.as_str()))];
+    call_json(app, upload_as(c, &round.to_string(), Body::from(body), &headers)).await
 }
 
 async fn status(app: &Router) -> Value {
@@ -208,18 +194,72 @@ async fn a_round_runs_end_to_end() {
     );
 }
 
-/// Asserts a refusal: status code, `error` field, a message, and nothing changed.
-async fn refused(app: &Router, (code, json): (StatusCode, Value), want: StatusCode, error: &str, accepted: u64) {
-    assert_eq!(code, want, "{json}");
-    assert_eq!(json["error"], error, "{json}");
-    assert!(!json["message"].as_str().unwrap().is_empty());
+/// The parts of `/api/status` that no refusal may change.
+async fn counters(app: &Router) -> Value {
     let st = status(app).await;
-    assert_eq!(st["model_version"], 0, "{st}");
-    assert_eq!(st["updates_accepted"], accepted, "{st}");
-    assert_eq!(st["rounds_completed"], 0, "{st}");
-    assert_eq!(st["open_round"], 1, "{st}");
+    serde_json::json!({
+        "model_version": st["model_version"],
+        "rounds_completed": st["rounds_completed"],
+        "updates_accepted": st["updates_accepted"],
+        "open_round": st["open_round"],
+    })
 }
 
+/// Sends a request that must be refused and asserts the refusal: status code, `error` code, a
+/// message, and `/api/status` unchanged.
+async fn refused(app: &Router, name: &str, req: Request<Body>, want: StatusCode, error: &str) {
+    let before = counters(app).await;
+    let (code, json) = call_json(app, req).await;
+    assert_eq!((code, json["error"].as_str()), (want, Some(error)), "{name}: {json}");
+    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {json}");
+    assert_eq!(counters(app).await, before, "{name} changed the server's state");
+}
+
+/// An upload by `c` to `round` (as the path has it) from version 0 with 5 examples, with
+/// `changes` applied to those headers: `Some(value)` replaces one, `None` leaves it out.
+fn upload_as(c: &Client, round: &str, body: Body, changes: &[(&str, Option<&str>)]) -> Request<Body> {
+    let auth = format!("Bearer {}", c.token);
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("x-webfl-client", c.id.as_str()),
+        ("x-webfl-model-version", "0"),
+        ("x-webfl-examples", "5"),
+    ];
+    for &(name, value) in changes {
+        headers.retain(|&(n, _)| n != name);
+        headers.extend(value.map(|v| (name, v)));
+    }
+    let mut req = Request::post(format!("/api/v1/rounds/{round}/update"));
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    req.header(header::CONTENT_TYPE, "application/octet-stream").body(body).unwrap()
+}
+
+fn checkin_req(auth: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut req = Request::post("/api/v1/checkin").header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = auth {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    req.body(body.into()).unwrap()
+}
+
+/// A body whose stream fails after a few bytes, as when a client's connection drops mid-upload.
+fn broken_body() -> Body {
+    let cut = http_body_util::Limited::new(http_body_util::Full::new(Bytes::from_static(b"abcdefgh")), 4);
+    Body::new(cut.map_err(|_| std::io::Error::other("connection reset")))
+}
+
+/// Safetensors of `global`'s layout changed by `change`, zero-valued.
+fn with_layout(global: &Params, change: impl FnOnce(&mut Vec<TensorSpec>)) -> Body {
+    let mut specs = global.layout().tensors().to_vec();
+    change(&mut specs);
+    Body::from(Params::zeros(Arc::new(Layout::new(specs).unwrap())).to_safetensors().unwrap())
+}
+
+/// Every way an upload or a check-in can be refused: each answers its status and JSON error code
+/// and leaves the model version, completed rounds, accepted updates and open round as they were;
+/// the same clients' valid requests succeed afterwards.
 #[tokio::test]
 async fn every_refusal_is_json_and_changes_nothing() {
     let state = state();
@@ -233,118 +273,91 @@ async fn every_refusal_is_json_and_changes_nothing() {
     assert!(jc["retry_after_ms"].as_u64().unwrap() > 0);
 
     let global = download(&app, 0).await;
-    let good = || local_update(&global, 0.5).to_safetensors().unwrap();
+    let good = || Body::from(local_update(&global, 0.5).to_safetensors().unwrap());
+    let poisoned = |value: f32| {
+        let mut update = local_update(&global, 0.5);
+        update.as_mut_slice()[3] = value;
+        Body::from(update.to_safetensors().unwrap())
+    };
+    let a1 = |body: Body, changes: &[(&str, Option<&str>)]| upload_as(&a, "1", body, changes);
+    let renamed = with_layout(&global, |t| t[0].name = "0.weights".into());
+    let extra = with_layout(&global, |t| t.push(TensorSpec::new("9.weight", vec![2])));
+    let missing = with_layout(&global, |t| drop(t.pop()));
+    let wrong_shape = with_layout(&global, |t| t[0].shape[0] += 1);
+    let b_auth = format!("Bearer {}", b.token);
+    let (a_checkin, nobody_checkin) = (format!(r#"{{"client_id": "{}"}}"#, a.id), r#"{"client_id": "nobody"}"#);
+    let mut not_text = a1(good(), &[]);
+    not_text.headers_mut().insert("x-webfl-client", header::HeaderValue::from_bytes(b"caf\xe9").unwrap());
 
-    // Malformed bodies and tensors.
-    refused(
-        &app,
-        upload(&app, &a, 1, 0, 5, b"definitely not safetensors".to_vec()).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "bad_update",
-        0,
-    )
-    .await;
-    let mut specs = global.layout().tensors().to_vec();
-    specs[0].shape[0] += 1;
-    let wrong_shape = Params::zeros(Arc::new(Layout::new(specs).unwrap()));
-    refused(
-        &app,
-        upload(&app, &a, 1, 0, 5, wrong_shape.to_safetensors().unwrap()).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "bad_update",
-        0,
-    )
-    .await;
-    let mut nan = local_update(&global, 0.5);
-    nan.as_mut_slice()[3] = f32::NAN;
-    refused(
-        &app,
-        upload(&app, &a, 1, 0, 5, nan.to_safetensors().unwrap()).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "bad_update",
-        0,
-    )
-    .await;
-    refused(
-        &app,
-        upload(&app, &a, 1, 0, 5, vec![0u8; limit + 1]).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        0,
-    )
-    .await;
-    refused(&app, upload(&app, &a, 1, 0, 0, good()).await, StatusCode::UNPROCESSABLE_ENTITY, "no_examples", 0).await;
-
-    // Wrong round or version.
-    refused(&app, upload(&app, &a, 2, 0, 5, good()).await, StatusCode::CONFLICT, "wrong_round", 0).await;
-    refused(&app, upload(&app, &a, 1, 7, 5, good()).await, StatusCode::CONFLICT, "wrong_model_version", 0).await;
-
-    // Identity.
-    let forged = Client { id: a.id.clone(), token: b.token.clone() };
-    refused(&app, upload(&app, &forged, 1, 0, 5, good()).await, StatusCode::FORBIDDEN, "forbidden", 0).await;
-    let stranger = Client { id: "nobody".into(), token: a.token.clone() };
-    refused(&app, upload(&app, &stranger, 1, 0, 5, good()).await, StatusCode::UNAUTHORIZED, "unauthorized", 0).await;
-    refused(&app, upload(&app, &c, 1, 0, 5, good()).await, StatusCode::FORBIDDEN, "not_selected", 0).await;
-    let no_token = [("x-webfl-client", a.id.as_str()), ("x-webfl-model-version", "0"), ("x-webfl-examples", "5")];
-    refused(&app, call_json(&app, upload_req(1, &no_token, good())).await, StatusCode::UNAUTHORIZED, "unauthorized", 0)
-        .await;
-
-    // Missing or malformed headers and paths.
-    let auth = format!("Bearer {}", a.token);
-    let no_examples =
-        [("authorization", auth.as_str()), ("x-webfl-client", a.id.as_str()), ("x-webfl-model-version", "0")];
-    refused(
-        &app,
-        call_json(&app, upload_req(1, &no_examples, good())).await,
-        StatusCode::BAD_REQUEST,
-        "missing_header",
-        0,
-    )
-    .await;
-    let bad_version = [
-        ("authorization", auth.as_str()),
-        ("x-webfl-client", a.id.as_str()),
-        ("x-webfl-model-version", "latest"),
-        ("x-webfl-examples", "5"),
+    let cases: Vec<(&str, u16, &str, Request<Body>)> = vec![
+        // The update's bytes.
+        ("not safetensors", 422, "bad_update", a1(Body::from("definitely not safetensors"), &[])),
+        ("renamed tensor", 422, "bad_update", a1(renamed, &[])),
+        ("extra tensor", 422, "bad_update", a1(extra, &[])),
+        ("missing tensor", 422, "bad_update", a1(missing, &[])),
+        ("wrong shape", 422, "bad_update", a1(wrong_shape, &[])),
+        ("NaN value", 422, "bad_update", a1(poisoned(f32::NAN), &[])),
+        ("+inf value", 422, "bad_update", a1(poisoned(f32::INFINITY), &[])),
+        ("-inf value", 422, "bad_update", a1(poisoned(f32::NEG_INFINITY), &[])),
+        ("body over the limit", 413, "payload_too_large", a1(Body::from(vec![0u8; limit + 1]), &[])),
+        ("body cut off", 400, "bad_body", a1(broken_body(), &[])),
+        // The round.
+        ("zero examples", 422, "no_examples", a1(good(), &[("x-webfl-examples", Some("0"))])),
+        ("wrong round", 409, "wrong_round", upload_as(&a, "2", good(), &[])),
+        ("wrong model version", 409, "wrong_model_version", a1(good(), &[("x-webfl-model-version", Some("7"))])),
+        ("not selected", 403, "not_selected", upload_as(&c, "1", good(), &[])),
+        // Identity.
+        ("no token", 401, "unauthorized", a1(good(), &[("authorization", None)])),
+        ("not a bearer token", 401, "unauthorized", a1(good(), &[("authorization", Some("Basic YTpi"))])),
+        ("another client's token", 403, "forbidden", a1(good(), &[("authorization", Some(&b_auth))])),
+        ("unknown client", 401, "unauthorized", a1(good(), &[("x-webfl-client", Some("nobody"))])),
+        // Headers and path.
+        ("no X-Webfl-Client", 400, "missing_header", a1(good(), &[("x-webfl-client", None)])),
+        ("no X-Webfl-Model-Version", 400, "missing_header", a1(good(), &[("x-webfl-model-version", None)])),
+        ("no X-Webfl-Examples", 400, "missing_header", a1(good(), &[("x-webfl-examples", None)])),
+        ("X-Webfl-Client not text", 400, "bad_header", not_text),
+        ("X-Webfl-Model-Version garbled", 400, "bad_request", a1(good(), &[("x-webfl-model-version", Some("latest"))])),
+        ("X-Webfl-Examples negative", 400, "bad_request", a1(good(), &[("x-webfl-examples", Some("-5"))])),
+        ("X-Webfl-Examples fractional", 400, "bad_request", a1(good(), &[("x-webfl-examples", Some("5.5"))])),
+        ("round not a number", 400, "bad_request", upload_as(&a, "one", good(), &[])),
+        // Check-ins.
+        ("check-in: not JSON", 400, "bad_json", checkin_req(None, "{not json")),
+        ("check-in: client_id not a string", 400, "bad_json", checkin_req(None, r#"{"client_id": 5}"#)),
+        ("check-in: body over 64 KiB", 413, "payload_too_large", checkin_req(None, " ".repeat(64 * 1024 + 1))),
+        ("check-in: body cut off", 400, "bad_body", checkin_req(None, broken_body())),
+        ("check-in: client_id without a token", 401, "unauthorized", checkin_req(None, a_checkin.clone())),
+        ("check-in: another client's token", 403, "forbidden", checkin_req(Some(&b.token), a_checkin.clone())),
+        ("check-in: unknown client", 401, "unauthorized", checkin_req(Some(&a.token), nobody_checkin)),
+        // Unknown things.
+        ("unknown model version", 404, "not_found", get("/api/v1/models/1")),
+        ("model version not a number", 400, "bad_request", get("/api/v1/models/x")),
+        ("unknown endpoint", 404, "not_found", get("/api/v2/nothing")),
     ];
-    refused(
-        &app,
-        call_json(&app, upload_req(1, &bad_version, good())).await,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        0,
-    )
-    .await;
-    let req = Request::post("/api/v1/rounds/one/update").body(Body::empty()).unwrap();
-    refused(&app, call_json(&app, req).await, StatusCode::BAD_REQUEST, "bad_request", 0).await;
-
-    // Check-in refusals.
-    let req = Request::post("/api/v1/checkin").body(Body::from("{not json")).unwrap();
-    refused(&app, call_json(&app, req).await, StatusCode::BAD_REQUEST, "bad_json", 0).await;
-    let req = Request::post("/api/v1/checkin").body(Body::from(format!(r#"{{"client_id": "{}"}}"#, a.id))).unwrap();
-    refused(&app, call_json(&app, req).await, StatusCode::UNAUTHORIZED, "unauthorized", 0).await;
-
-    // Unknown things.
-    refused(&app, call_json(&app, get("/api/v1/models/1")).await, StatusCode::NOT_FOUND, "not_found", 0).await;
-    refused(&app, call_json(&app, get("/api/v1/models/x")).await, StatusCode::BAD_REQUEST, "bad_request", 0).await;
-    refused(&app, call_json(&app, get("/api/v2/nothing")).await, StatusCode::NOT_FOUND, "not_found", 0).await;
+    // Every refused upload is counted by reason.
+    let mut rejected = std::collections::BTreeMap::from([("already_reported", 1)]);
+    for (_, _, error, req) in &cases {
+        if req.uri().path().starts_with("/api/v1/rounds/") {
+            *rejected.entry(*error).or_default() += 1;
+        }
+    }
+    for (name, status, error, req) in cases {
+        refused(&app, name, req, StatusCode::from_u16(status).unwrap(), error).await;
+    }
 
     // After all that, a's good update still counts, once.
-    let (code, j) = upload(&app, &a, 1, 0, 5, good()).await;
-    assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(false)));
-    refused(&app, upload(&app, &a, 1, 0, 5, good()).await, StatusCode::CONFLICT, "already_reported", 1).await;
+    let (code, j) = call_json(&app, a1(good(), &[])).await;
+    assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(false)), "{j}");
+    refused(&app, "duplicate upload", a1(good(), &[]), StatusCode::CONFLICT, "already_reported").await;
+    assert_eq!(status(&app).await["updates_accepted"], 1);
 
     let m = metrics(&app).await;
-    for line in [
-        "webfl_updates_accepted_total 1",
-        r#"webfl_updates_rejected_total{reason="bad_update"} 3"#,
-        r#"webfl_updates_rejected_total{reason="payload_too_large"} 1"#,
-        r#"webfl_updates_rejected_total{reason="already_reported"} 1"#,
-        "webfl_model_version 0",
-        "webfl_test_accuracy NaN",
-    ] {
+    for line in ["webfl_updates_accepted_total 1", "webfl_model_version 0", "webfl_test_accuracy NaN"] {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
     }
+    let reasons: Vec<&str> = m.lines().filter(|l| l.starts_with("webfl_updates_rejected_total{")).collect();
+    let want: Vec<String> =
+        rejected.iter().map(|(r, n)| format!(r#"webfl_updates_rejected_total{{reason="{r}"}} {n}"#)).collect();
+    assert_eq!(reasons, want);
 
     // Client health: a has one accepted update and its refused ones counted as failures.
     let (code, clients) = call_json(&app, get("/api/clients")).await;
@@ -353,6 +366,57 @@ async fn every_refusal_is_json_and_changes_nothing() {
     assert_eq!(a_health["rounds_completed"], 1, "{a_health}");
     assert!(a_health["failures"].as_u64().unwrap() >= 3, "{a_health}");
     assert!(a_health["last_round_trip_ms"].is_u64(), "{a_health}");
+
+    // The refused check-ins left a's identity alone, and b's update closes the round.
+    let (code, j) = call_json(&app, checkin_req(Some(&a.token), a_checkin)).await;
+    assert_eq!((code, j["client_id"].as_str()), (StatusCode::OK, Some(a.id.as_str())), "{j}");
+    let (code, j) = call_json(&app, upload_as(&b, "1", good(), &[])).await;
+    assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(true)), "{j}");
+    let st = status(&app).await;
+    assert_eq!((st["model_version"].as_u64(), st["updates_accepted"].as_u64()), (Some(1), Some(2)), "{st}");
+}
+
+/// The refusals that depend on the round's phase: no round open, and a passed deadline.
+#[tokio::test]
+async fn uploads_outside_an_open_round_are_refused() {
+    use StatusCode as S;
+    let (now, clock) = manual_clock();
+    let state = AppState::with_store_and_clock(setup(policy()), Box::new(MemoryStore::default()), clock).unwrap();
+    let app = app(state.clone());
+    let (a, _) = checkin(&app).await;
+    let (b, _) = checkin(&app).await;
+    let global = download(&app, 0).await;
+    let good = |global: &Params| Body::from(local_update(global, 0.5).to_safetensors().unwrap());
+    for c in [&a, &b] {
+        assert_eq!(call_json(&app, upload_as(c, "1", good(&global), &[])).await.0, S::ACCEPTED);
+    }
+    // Round 1 closed with version 1; round 2 opens only at the next check-in.
+    assert_eq!(counters(&app).await["open_round"], Value::Null);
+    refused(&app, "no open round", upload_as(&a, "1", good(&global), &[]), S::CONFLICT, "no_open_round").await;
+
+    let (a2, b2) = (checkin_as(&app, &a).await, checkin_as(&app, &b).await);
+    assert_eq!((a2["round"].as_u64(), b2["round"].as_u64()), (Some(2), Some(2)), "{a2} {b2}");
+    let v1 = download(&app, 1).await;
+    let latest = [("x-webfl-model-version", Some("1"))];
+    assert_eq!(call_json(&app, upload_as(&a, "2", good(&v1), &latest)).await.0, S::ACCEPTED);
+    now.fetch_add(60_000, Ordering::SeqCst);
+    refused(&app, "deadline passed", upload_as(&b, "2", good(&v1), &latest), S::CONFLICT, "deadline_passed").await;
+
+    // The deadline abandons round 2 (1 of 2 updates); round 3 takes b's update.
+    state.tick().await;
+    let (_, j) = checkin(&app).await;
+    assert_eq!(j["round"], 3);
+    assert_eq!(checkin_as(&app, &b).await["round"], 3);
+    assert_eq!(call_json(&app, upload_as(&b, "3", good(&v1), &latest)).await.0, S::ACCEPTED);
+    let st = status(&app).await;
+    assert_eq!((st["model_version"].as_u64(), st["updates_accepted"].as_u64()), (Some(1), Some(4)), "{st}");
+}
+
+/// A known client's check-in with its token.
+async fn checkin_as(app: &Router, c: &Client) -> Value {
+    let (code, json) = call_json(app, checkin_req(Some(&c.token), format!(r#"{{"client_id": "{}"}}"#, c.id))).await;
+    assert_eq!(code, StatusCode::OK, "{json}");
+    json
 }
 
 fn manual_clock() -> (Arc<AtomicU64>, webfl_server::http::Clock) {
