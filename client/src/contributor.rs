@@ -138,6 +138,13 @@ impl Contributor {
     }
 }
 
+impl Contributor {
+    /// Uses an already-built dataset as the local data (for tests and embedders in Rust).
+    pub fn use_dataset(&self, data: Dataset, source: &str) -> usize {
+        self.inner.set_data(data, source.to_string())
+    }
+}
+
 fn serde_wasm_json<T: serde::Serialize>(value: &T) -> JsValue {
     serde_json::to_string(value).ok().and_then(|t| js_sys::JSON::parse(&t).ok()).unwrap_or(JsValue::NULL)
 }

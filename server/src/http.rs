@@ -267,6 +267,7 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
         }
         Settled::Closed(pending) => {
             let task = state.task.clone();
+            let eval_started = Instant::now();
             let work = tokio::task::spawn_blocking(move || {
                 let eval = simulate::evaluate(&task.spec, &pending.params, &task.test);
                 let bytes = pending.params.to_safetensors();
@@ -302,6 +303,8 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 test_loss,
                 test_accuracy,
             };
+            let eval_ms = eval_started.elapsed().as_millis() as u64;
+            let store_started = Instant::now();
             let mut inner = state.lock();
             // The optimizer state after this round's step is part of the commit; the coordinator's
             // strategy has already taken that step when it produced the pending version.
@@ -312,7 +315,17 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 .and_then(|()| inner.coordinator.commit(*pending).map_err(anyhow::Error::from));
             let committed = match stored {
                 Ok(()) => {
-                    tracing::info!(round, version, reports, selected, ?test_accuracy, "new model version");
+                    let store_ms = store_started.elapsed().as_millis() as u64;
+                    tracing::info!(
+                        round,
+                        version,
+                        reports,
+                        selected,
+                        ?test_accuracy,
+                        eval_ms,
+                        store_ms,
+                        "new model version"
+                    );
                     true
                 }
                 Err(e) => {

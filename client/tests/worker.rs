@@ -1,0 +1,104 @@
+//! The client inside a real dedicated Web Worker in headless Chromium (wasm-bindgen-test):
+//! `cargo test -p webfl-client --target wasm32-unknown-unknown` (scripts/test runs it).
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+use webfl_client::{Contributor, local::Trainer, net};
+use webfl_shared::data::Dataset;
+use webfl_shared::model::ModelSpec;
+use webfl_shared::rng;
+use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+fn toy_data(n: usize) -> Dataset {
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let label = (i % 2) as u32;
+        let s = if label == 1 { 1.0 } else { -1.0 };
+        features.extend([s, 0.5 * s, (i % 7) as f32 / 7.0, -s]);
+        labels.push(label);
+    }
+    Dataset { sample_shape: vec![4], classes: 2, class_names: vec!["a".into(), "b".into()], features, labels }
+}
+
+#[wasm_bindgen_test]
+fn runs_in_a_dedicated_worker_not_on_a_page() {
+    let global = js_sys::global();
+    let has = |name: &str| js_sys::Reflect::has(&global, &name.into()).unwrap();
+    assert!(has("WorkerGlobalScope") && has("postMessage"), "not a worker");
+    assert!(!has("document"), "a page, not a worker");
+}
+
+#[wasm_bindgen_test]
+fn local_training_in_the_worker_learns_the_toy_task() {
+    let spec = ModelSpec::builtin("2nn", &[4], 2).unwrap();
+    let global = spec.init_params(&mut rng::derive(0, &[1])).unwrap();
+    let data = toy_data(60);
+    let plan = TrainPlan { epochs: 5, batch_size: 10, lr: 0.1, ..TrainPlan::default() };
+    let update = Trainer::new(&spec)
+        .unwrap()
+        .train_round(&global.to_safetensors().unwrap(), &data, &plan, net::random_seed().unwrap(), &mut |_| {})
+        .unwrap();
+    let mut local = global.clone();
+    let delta = webfl_shared::Params::from_safetensors(global.layout().clone(), &update.body).unwrap();
+    local.axpy(1.0, &delta).unwrap();
+    let mut cpu = CpuBackend::new(&spec).unwrap();
+    let before = cpu.evaluate(&global, &data).unwrap();
+    let after = cpu.evaluate(&local, &data).unwrap();
+    assert!(after.loss < before.loss * 0.5, "loss {} -> {}", before.loss, after.loss);
+    assert_eq!(after.accuracy, 1.0);
+}
+
+#[wasm_bindgen_test]
+fn seeds_come_from_the_browsers_crypto() {
+    let seeds: Vec<u64> = (0..4).map(|_| net::random_seed().unwrap()).collect();
+    assert!(seeds.windows(2).all(|w| w[0] != w[1]), "{seeds:?}");
+}
+
+#[wasm_bindgen_test]
+async fn sleep_waits_on_the_worker_event_loop() {
+    let start = net::now_ms();
+    net::sleep(60).await;
+    assert!(net::now_ms() - start >= 50.0);
+}
+
+/// An unreachable server is a retried, non-fatal error; `stop()` then ends `run()` cleanly.
+#[wasm_bindgen_test]
+async fn an_unreachable_server_is_retried_until_stopped() {
+    let events = Rc::new(RefCell::new(Vec::<serde_json::Value>::new()));
+    let sink = events.clone();
+    let on_event = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+        let text: String = js_sys::JSON::stringify(&e).unwrap().into();
+        sink.borrow_mut().push(serde_json::from_str(&text).unwrap());
+    });
+    // Port 9 (discard) is closed: fetch fails at once.
+    let contributor = Contributor::new("http://127.0.0.1:9".into(), on_event.as_ref().clone().into());
+    assert_eq!(contributor.use_dataset(toy_data(20), "toy"), 20);
+    let run = contributor.run();
+    net::sleep(300).await;
+    contributor.stop();
+    JsFuture::from(run).await.expect("a stopped run resolves");
+    let events = events.borrow();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds[0], "data");
+    let error = events.iter().find(|e| e["type"] == "error").expect("an error event");
+    assert_eq!(error["fatal"], false);
+    assert!(error["message"].as_str().unwrap().starts_with("network:"), "{error}");
+    assert_eq!(events.last().unwrap()["state"], "stopped");
+}
+
+#[wasm_bindgen_test]
+async fn running_without_data_is_a_fatal_error() {
+    let on_event = Closure::<dyn FnMut(JsValue)>::new(|_: JsValue| {});
+    let contributor = Contributor::new("http://127.0.0.1:9".into(), on_event.as_ref().clone().into());
+    let err = JsFuture::from(contributor.run()).await.expect_err("no data");
+    let message: String = err.dyn_into::<js_sys::Error>().unwrap().message().into();
+    assert!(message.contains("no local data"), "{message}");
+}
