@@ -219,6 +219,12 @@ async function main() {
       `${(final.test_accuracy * 100).toFixed(2)}% after ${final.rounds_completed} rounds`,
     );
 
+    // The contribute page fits a phone.
+    await pages[0].setViewportSize({ width: 375, height: 800 });
+    const overflow = await pages[0].evaluate(() => document.documentElement.scrollWidth);
+    await pages[0].screenshot({ path: join(OUT, "contribute-phone.png"), fullPage: true });
+    check("the contribute page fits a 375 px wide screen", overflow <= 375, `page width ${overflow} px; out/e2e/contribute-phone.png`);
+
     // 6. The dashboard shows the curve.
     const dash = await context.newPage();
     dash.on("pageerror", (e) => pageErrors.push(`dashboard: ${e.message}`));
