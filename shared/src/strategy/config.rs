@@ -144,6 +144,9 @@ pub struct StrategyConfig {
     /// L2 bound applied to each update before aggregation (Sun et al. 2019); any kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub norm_bound: Option<f64>,
+    /// Central DP (DP-FedAvg) on top of a mean-based kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub central_dp: Option<super::CentralDpConfig>,
 }
 
 impl Default for StrategyConfig {
@@ -170,6 +173,7 @@ impl StrategyConfig {
             byzantine_f: Self::DEFAULT_BYZANTINE_F,
             multi_krum_m: Self::DEFAULT_MULTI_KRUM_M,
             norm_bound: None,
+            central_dp: None,
         }
     }
 
@@ -212,6 +216,10 @@ impl StrategyConfig {
         let trimmed = TrimmedMean::new(self.trim_fraction)?;
         let krum = MultiKrum::new(self.byzantine_f, self.multi_krum_m)?;
 
+        let aggregator_is_mean = !matches!(
+            kind,
+            StrategyKind::Median | StrategyKind::TrimmedMean | StrategyKind::Krum | StrategyKind::Bulyan
+        );
         let aggregator: Box<dyn Aggregator> = match kind {
             StrategyKind::Mean => Box::new(Mean::unweighted()),
             StrategyKind::Median => Box::new(Median::new()),
@@ -241,7 +249,14 @@ impl StrategyConfig {
             )?),
             (_, None) => Box::new(ServerSgd::new(self.server_lr.unwrap_or(1.0))?),
         };
-        Strategy::new(aggregator, optimizer, self.norm_bound)
+        let strategy = Strategy::new(aggregator, optimizer, self.norm_bound)?;
+        match &self.central_dp {
+            None => Ok(strategy),
+            Some(_) if !aggregator_is_mean => {
+                refuse("central_dp", "fedavg, mean, fedavgm, fedadam, fedyogi, fedadagrad: it needs a mean")
+            }
+            Some(dp) => strategy.with_central_dp(dp.clone()),
+        }
     }
 }
 

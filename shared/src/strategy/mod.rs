@@ -22,6 +22,7 @@
 //! buffered updates; there is no I/O, so simulation and the production server run the same code.
 
 mod aggregate;
+mod central_dp;
 mod config;
 mod robust;
 mod server_opt;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::params::{Layout, Params};
 
 pub use aggregate::{Aggregator, Mean};
+pub use central_dp::{AdaptiveClipping, CentralDpConfig};
 pub use config::{StrategyConfig, StrategyKind};
 pub use robust::{Bulyan, Median, MultiKrum, TrimmedMean};
 pub use server_opt::{AdaptiveRule, FedAvgM, FedOpt, OptimizerState, ServerOptimizer, ServerSgd};
@@ -94,6 +96,9 @@ pub struct Strategy {
     /// *before* the aggregator is drained, so a mismatch cannot throw a round away.
     round_layout: Option<Arc<Layout>>,
     clipped: usize,
+    /// Central DP (DP-FedAvg): replaces the norm bound by its own (possibly adaptive) clip, and
+    /// turns the mean into a noised fixed-denominator average.
+    central_dp: Option<central_dp::CentralDp>,
 }
 
 impl std::fmt::Debug for Strategy {
@@ -119,7 +124,31 @@ impl Strategy {
                 return Err(StrategyError::InvalidConfig(format!("norm_bound must be a finite number > 0, got {s}")));
             }
         }
-        Ok(Self { aggregator, optimizer, norm_bound, round_layout: None, clipped: 0 })
+        Ok(Self { aggregator, optimizer, norm_bound, round_layout: None, clipped: 0, central_dp: None })
+    }
+
+    /// Adds central DP (see [`CentralDpConfig`]); the aggregator must be a mean, and every update
+    /// then counts with weight 1 (bounded influence is what the noise is calibrated to).
+    /// Noise needs a source: [`set_noise_source`](Self::set_noise_source).
+    pub fn with_central_dp(mut self, config: CentralDpConfig) -> Result<Self, StrategyError> {
+        if self.norm_bound.is_some() {
+            return Err(StrategyError::InvalidConfig("central DP clips updates itself: drop norm_bound".into()));
+        }
+        self.central_dp = Some(central_dp::CentralDp::new(config)?);
+        Ok(self)
+    }
+
+    /// Where central DP's noise comes from: a CSPRNG seeded from OS entropy in production, a
+    /// seeded generator only in simulation.
+    pub fn set_noise_source(&mut self, rng: Box<dyn rand::RngCore + Send>) {
+        if let Some(dp) = &mut self.central_dp {
+            dp.set_noise_source(rng);
+        }
+    }
+
+    /// The clip norm central DP applies now (it moves with adaptive clipping).
+    pub fn central_clip_norm(&self) -> Option<f64> {
+        self.central_dp.as_ref().map(|dp| dp.clip_norm())
     }
 
     /// Adds one client update `Δ_i = w_i − w_global` with its weight (for FedAvg the client's
@@ -131,9 +160,18 @@ impl Strategy {
         if !update.all_finite() {
             return Err(StrategyError::NonFiniteUpdate);
         }
-        let clipped = match self.norm_bound {
-            Some(bound) => clip_to_norm(update, bound),
-            None => None,
+        let (clipped, weight) = match (&mut self.central_dp, self.norm_bound) {
+            (Some(dp), _) => {
+                // Checked before the DP stage counts the update, so a refused one leaves no trace.
+                if let Some(layout) = &self.round_layout {
+                    if let Some(why) = aggregate::layout_difference(layout, update.layout()) {
+                        return Err(StrategyError::GlobalLayoutMismatch(why));
+                    }
+                }
+                (dp.clip_update(update), 1.0)
+            }
+            (None, Some(bound)) => (clip_to_norm(update, bound), weight),
+            (None, None) => (None, weight),
         };
         self.aggregator.add(clipped.as_ref().unwrap_or(update), weight)?;
         if clipped.is_some() {
@@ -162,8 +200,14 @@ impl Strategy {
                 return Err(StrategyError::GlobalLayoutMismatch(why));
             }
         }
+        if let Some(dp) = &self.central_dp {
+            dp.check_ready()?;
+        }
         let updates = self.aggregator.count();
-        let delta = self.aggregator.finish()?;
+        let mut delta = self.aggregator.finish()?;
+        if let Some(dp) = &mut self.central_dp {
+            dp.finish(&mut delta, updates)?;
+        }
         let clipped = std::mem::take(&mut self.clipped);
         self.round_layout = None;
         let before = global.clone();
@@ -183,6 +227,9 @@ impl Strategy {
         self.aggregator.reset();
         self.round_layout = None;
         self.clipped = 0;
+        if let Some(dp) = &mut self.central_dp {
+            dp.discard_round();
+        }
     }
 
     pub fn norm_bound(&self) -> Option<f64> {
@@ -200,10 +247,18 @@ impl Strategy {
     /// The server optimizer's state (moments, momentum, step count), to store next to a model
     /// version so a restarted server continues exactly where it stopped.
     pub fn optimizer_state(&self) -> OptimizerState {
-        self.optimizer.state()
+        let mut state = self.optimizer.state();
+        if let Some(dp) = &self.central_dp {
+            state.buffers.insert(central_dp::CLIP_STATE_KEY.into(), vec![dp.clip_norm()]);
+        }
+        state
     }
 
-    pub fn restore_optimizer_state(&mut self, state: OptimizerState) -> Result<(), StrategyError> {
+    pub fn restore_optimizer_state(&mut self, mut state: OptimizerState) -> Result<(), StrategyError> {
+        let clip = state.buffers.remove(central_dp::CLIP_STATE_KEY);
+        if let (Some(dp), Some(&[c])) = (&mut self.central_dp, clip.as_deref()) {
+            dp.restore_clip(c);
+        }
         self.optimizer.restore(state)
     }
 }
