@@ -78,7 +78,7 @@ impl CentralDpConfig {
             return bad("central DP needs expected_clients ≥ 1 (the fixed denominator)".into());
         }
         if let Some(a) = &self.adaptive {
-            if !(0.0..=1.0).contains(&a.target_quantile) || !(a.lr.is_finite() && a.lr >= 0.0) {
+            if !((0.0..=1.0).contains(&a.target_quantile) && a.lr.is_finite() && a.lr >= 0.0) {
                 return bad(format!("adaptive clipping needs target_quantile in [0,1] and lr ≥ 0, got {a:?}"));
             }
             let sigma_b = self.count_stddev();
