@@ -6,10 +6,16 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use js_sys::{Function, Promise};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
+use webfl_shared::codec::ErrorFeedback;
 use webfl_shared::data::Dataset;
+use webfl_shared::params::Params;
+use webfl_shared::pipeline::{self, Prepared, UpdateSpec};
 use webfl_shared::proto::{self, Capabilities, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
+use webfl_shared::rng;
 use webfl_shared::train::TrainPlan;
 
 use crate::ClientError;
@@ -37,6 +43,10 @@ struct Inner {
     identity: RefCell<Option<(String, String)>>,
     task: RefCell<Option<TaskInfo>>,
     data: RefCell<Option<Rc<Dataset>>>,
+    /// Error-feedback residual of top-k compression, kept across rounds (and, through the
+    /// worker, across reloads); as bytes until the model size is known.
+    memory: RefCell<Option<ErrorFeedback>>,
+    saved_memory: RefCell<Option<Vec<u8>>>,
     stopped: Cell<bool>,
     running: Cell<bool>,
 }
@@ -56,6 +66,8 @@ impl Contributor {
             identity: RefCell::new(None),
             task: RefCell::new(None),
             data: RefCell::new(None),
+            memory: RefCell::new(None),
+            saved_memory: RefCell::new(None),
             stopped: Cell::new(false),
             running: Cell::new(false),
         };
@@ -131,6 +143,18 @@ impl Contributor {
         })
     }
 
+    /// The error-feedback residual to persist (after a `round` event), if compression keeps one.
+    #[wasm_bindgen(js_name = errorFeedback)]
+    pub fn error_feedback(&self) -> Option<Vec<u8>> {
+        self.inner.memory.borrow().as_ref().map(ErrorFeedback::to_bytes)
+    }
+
+    /// Restores a residual saved by `errorFeedback()` in an earlier session.
+    #[wasm_bindgen(js_name = restoreErrorFeedback)]
+    pub fn restore_error_feedback(&self, bytes: Vec<u8>) {
+        *self.inner.saved_memory.borrow_mut() = Some(bytes);
+    }
+
     /// Asks the loop to stop at its next pause (a local round in progress finishes first; a page
     /// that must stop at once terminates the worker).
     pub fn stop(&self) {
@@ -153,6 +177,8 @@ fn serde_wasm_json<T: serde::Serialize>(value: &T) -> JsValue {
 enum Step {
     Retry(u64),
     Trained(RoundReport),
+    /// The server takes no more rounds.
+    Done(String),
 }
 
 impl Inner {
@@ -217,6 +243,10 @@ impl Inner {
                     backoff = BACKOFF_MS.0;
                     self.emit(&Event::Round(report));
                 }
+                Ok(Step::Done(reason)) => {
+                    self.emit(&Event::state(Phase::Stopped, None, reason));
+                    return Ok(());
+                }
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
                     self.emit(&Event::Error { message: e.to_string(), fatal: false });
@@ -278,12 +308,14 @@ impl Inner {
         model_cache: &mut Option<(u64, Vec<u8>)>,
     ) -> Result<Step, ClientError> {
         let backend = trainer.as_ref().map_or("cpu", |t| t.backend_name());
-        let (client_id, token, round, model_version, plan, model) = match self.check_in(data.len(), backend).await? {
-            CheckInResponse::Retry { retry_after_ms, .. } => return Ok(Step::Retry(retry_after_ms)),
-            CheckInResponse::Assigned { client_id, token, round, model_version, plan, model, .. } => {
-                (client_id, token, round, model_version, plan, model)
-            }
-        };
+        let (client_id, token, round, model_version, plan, model, spec) =
+            match self.check_in(data.len(), backend).await? {
+                CheckInResponse::Retry { retry_after_ms, .. } => return Ok(Step::Retry(retry_after_ms)),
+                CheckInResponse::Done { reason, .. } => return Ok(Step::Done(reason)),
+                CheckInResponse::Assigned { client_id, token, round, model_version, plan, model, update, .. } => {
+                    (client_id, token, round, model_version, plan, model, update)
+                }
+            };
 
         // Download, unless this version is cached (a retried round trains the same version).
         self.emit(&Event::state(Phase::Downloading, Some(round), format!("model version {model_version}")));
@@ -309,23 +341,24 @@ impl Inner {
         let Some(trainer) = trainer.as_mut() else { unreachable!("the trainer was just built") };
         self.emit(&Event::state(Phase::Training, Some(round), format!("{} examples", data.len())));
         let started = net::now_ms();
-        let update = self.train(trainer, &global, data, &plan, round)?;
-        let train_ms = net::now_ms() - started;
+        let mut update = self.train(trainer, &global, data, &plan, round)?;
         *model_cache = Some((model_version, global));
+        let prepared = self.prepare(&mut update.delta, &spec)?;
+        let train_ms = net::now_ms() - started;
 
-        self.emit(&Event::state(Phase::Uploading, Some(round), format!("{} bytes", update.body.len())));
+        self.emit(&Event::state(Phase::Uploading, Some(round), format!("{} bytes", prepared.body.len())));
         let started = net::now_ms();
         let auth = format!("Bearer {token}");
         let (examples, version) = (update.stats.examples.to_string(), model_version.to_string());
         let headers = [
-            ("content-type", "application/octet-stream"),
+            ("content-type", pipeline::UPDATE_CONTENT_TYPE),
             ("authorization", auth.as_str()),
             (proto::header::CLIENT, client_id.as_str()),
             (proto::header::MODEL_VERSION, version.as_str()),
             (proto::header::EXAMPLES, examples.as_str()),
         ];
         let url = self.url(&format!("/api/v1/rounds/{round}/update"));
-        let reply = net::send("POST", &url, &headers, Some(&update.body)).await?;
+        let reply = net::send("POST", &url, &headers, Some(&prepared.body)).await?;
         let accepted: UploadResponse = parse_reply(&reply, "upload")?;
         let upload_ms = net::now_ms() - started;
         Ok(Step::Trained(RoundReport {
@@ -336,12 +369,41 @@ impl Inner {
             local_loss: update.stats.loss,
             local_accuracy: update.stats.accuracy,
             bytes_down,
-            bytes_up: update.body.len(),
+            bytes_up: prepared.body.len(),
+            update_norm: prepared.norm,
+            clipped: prepared.clipped,
+            noise_std: spec.noise_std,
+            compression: spec.compression.to_string(),
             download_ms,
             train_ms,
             upload_ms,
             round_closed: accepted.round_closed,
         }))
+    }
+
+    /// Clips, noises, compresses and encodes the update as the task asks
+    /// ([`pipeline::prepare`]); noise comes from a ChaCha20 seeded by `crypto.getRandomValues`.
+    fn prepare(&self, delta: &mut Params, spec: &UpdateSpec) -> Result<Prepared, ClientError> {
+        let mut memory = self.memory.borrow_mut();
+        if spec.compression.uses_error_feedback() {
+            let fits = memory.as_ref().is_some_and(|m| m.len() == delta.len());
+            if !fits {
+                let saved = self.saved_memory.borrow_mut().take();
+                *memory = Some(
+                    saved
+                        .and_then(|b| ErrorFeedback::from_bytes(&b, delta.len()).ok())
+                        .unwrap_or_else(|| ErrorFeedback::new(delta.len())),
+                );
+            }
+        } else {
+            *memory = None;
+        }
+        let mut seed = [0u8; 32];
+        net::fill_random(&mut seed)?;
+        let mut noise = ChaCha20Rng::from_seed(seed);
+        let mut codec_rng = rng::derive(net::random_seed()?, &[]);
+        pipeline::prepare(delta, spec, memory.as_mut(), &mut noise, &mut codec_rng)
+            .map_err(|e| ClientError::Training(format!("preparing the update: {e}")))
     }
 
     fn train(

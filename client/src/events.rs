@@ -22,6 +22,7 @@ export interface ProgressEvent {
 export interface RoundEvent {
   type: "round"; round: number; model_version: number; backend: string; examples: number;
   local_loss: number; local_accuracy: number; bytes_down: number; bytes_up: number;
+  update_norm: number; clipped: boolean; noise_std: number; compression: string;
   download_ms: number; train_ms: number; upload_ms: number; round_closed: boolean;
 }
 /** A problem; `fatal` ones stop the client, others are retried. */
@@ -50,6 +51,11 @@ pub struct RoundReport {
     pub local_accuracy: f64,
     pub bytes_down: usize,
     pub bytes_up: usize,
+    /// ‖Δ‖ before clipping, whether clipping scaled it, the local DP noise std, the codec.
+    pub update_norm: f64,
+    pub clipped: bool,
+    pub noise_std: f64,
+    pub compression: String,
     pub download_ms: f64,
     pub train_ms: f64,
     pub upload_ms: f64,

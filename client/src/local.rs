@@ -18,10 +18,10 @@ pub struct Trainer {
     backend: Box<dyn Backend>,
 }
 
-/// What a finished local round hands to the uploader.
+/// What a finished local round hands to the update pipeline.
 pub struct LocalUpdate {
-    /// `Δ = w_local − w_global` as safetensors, the upload body.
-    pub body: Vec<u8>,
+    /// `Δ = w_local − w_global`.
+    pub delta: Params,
     pub stats: TrainStats,
 }
 
@@ -58,8 +58,7 @@ impl Trainer {
             .train(&global, data, plan, &mut rng, progress)
             .map_err(|e| ClientError::Training(e.to_string()))?;
         let delta = local.delta_from(&global).map_err(|e| ClientError::Training(e.to_string()))?;
-        let body = delta.to_safetensors().map_err(|e| ClientError::Training(e.to_string()))?;
-        Ok(LocalUpdate { body, stats })
+        Ok(LocalUpdate { delta, stats })
     }
 }
 
@@ -91,12 +90,11 @@ mod tests {
             .unwrap();
         assert_eq!(steps, 16);
         assert_eq!(update.stats.examples, 40);
-        let delta = Params::from_safetensors(global.layout().clone(), &update.body).unwrap();
-        assert!(delta.l2_norm() > 0.0);
+        assert!(update.delta.l2_norm() > 0.0);
         // Same seed, same update: the round is a pure function of its inputs.
         let again =
             trainer.train_round(&global.to_safetensors().unwrap(), &toy_data(40), &plan, 7, &mut |_| {}).unwrap();
-        assert_eq!(again.body, update.body);
+        assert_eq!(again.delta.as_slice(), update.delta.as_slice());
     }
 
     #[test]

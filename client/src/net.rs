@@ -33,13 +33,19 @@ pub async fn sleep(ms: u64) {
 
 /// A seed from the platform's cryptographic generator (`crypto.getRandomValues`).
 pub fn random_seed() -> Result<u64, ClientError> {
+    let mut bytes = [0u8; 8];
+    fill_random(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Fills `bytes` from `crypto.getRandomValues` (the browser's CSPRNG).
+pub fn fill_random(bytes: &mut [u8]) -> Result<(), ClientError> {
     let crypto: web_sys::Crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into())
         .map_err(|_| ClientError::Platform("no crypto object".into()))?
         .dyn_into()
         .map_err(|_| ClientError::Platform("`crypto` is not a Crypto object".into()))?;
-    let mut bytes = [0u8; 8];
-    crypto.get_random_values_with_u8_array(&mut bytes).map_err(|e| ClientError::Platform(describe(&e)))?;
-    Ok(u64::from_le_bytes(bytes))
+    crypto.get_random_values_with_u8_array(bytes).map_err(|e| ClientError::Platform(describe(&e)))?;
+    Ok(())
 }
 
 /// A finished HTTP exchange.

@@ -47,8 +47,7 @@ fn local_training_in_the_worker_learns_the_toy_task() {
         .train_round(&global.to_safetensors().unwrap(), &data, &plan, net::random_seed().unwrap(), &mut |_| {})
         .unwrap();
     let mut local = global.clone();
-    let delta = webfl_shared::Params::from_safetensors(global.layout().clone(), &update.body).unwrap();
-    local.axpy(1.0, &delta).unwrap();
+    local.axpy(1.0, &update.delta).unwrap();
     let mut cpu = CpuBackend::new(&spec).unwrap();
     let before = cpu.evaluate(&global, &data).unwrap();
     let after = cpu.evaluate(&local, &data).unwrap();

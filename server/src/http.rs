@@ -33,9 +33,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use serde_json::json;
 use tower_http::services::{ServeDir, ServeFile};
+use webfl_shared::codec::Compression;
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
+use webfl_shared::pipeline::{self, UpdateSpec};
+use webfl_shared::privacy::accountant;
 use webfl_shared::proto::{self, CheckInRequest, CheckInResponse, DatasetInfo, TaskInfo, UploadResponse};
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
@@ -77,6 +80,41 @@ pub struct TaskSetup {
     pub dataset: DatasetInfo,
     /// The public file served at `dataset.demo_data_url`, if any.
     pub demo_data: Option<PathBuf>,
+    /// What clients do to updates before upload (clip, local noise, compression).
+    pub update: UpdateSpec,
+    /// Differential privacy accounting, when the task is private.
+    pub privacy: Option<PrivacyBudget>,
+}
+
+/// How a private task spends its privacy: each committed round is one step of a (subsampled)
+/// Gaussian mechanism with this noise multiplier and sampling rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivacyBudget {
+    /// `local` or `central`, for display.
+    pub mode: String,
+    pub noise_multiplier: f64,
+    pub sampling_rate: f64,
+    pub delta: f64,
+    /// Stop taking rounds once the next one would exceed this ε.
+    pub target_epsilon: Option<f64>,
+}
+
+impl PrivacyBudget {
+    /// ε after `rounds` committed rounds.
+    pub fn epsilon(&self, rounds: u64) -> Option<f64> {
+        accountant::epsilon(self.noise_multiplier, self.sampling_rate, rounds, self.delta, &accountant::DEFAULT_ORDERS)
+            .ok()
+            .map(|(eps, _)| eps)
+    }
+
+    /// Whether one more round fits the budget.
+    pub fn allows(&self, rounds_done: u64) -> bool {
+        match (self.target_epsilon, self.epsilon(rounds_done + 1)) {
+            (Some(target), Some(next)) => next <= target,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
 }
 
 /// Milliseconds on a monotonic clock; swappable so tests can move time.
@@ -91,6 +129,8 @@ struct Task {
     upload_limit_bytes: usize,
     dataset: DatasetInfo,
     demo_data: Option<PathBuf>,
+    update: UpdateSpec,
+    privacy: Option<PrivacyBudget>,
 }
 
 struct Client {
@@ -113,6 +153,9 @@ struct Metrics {
     updates_accepted: u64,
     updates_rejected: BTreeMap<&'static str, u64>,
     rounds_abandoned: u64,
+    /// Encoded update bytes accepted in the open round (moved into its record when it settles).
+    bytes_up_this_round: u64,
+    bytes_up_total: u64,
 }
 
 struct Inner {
@@ -150,6 +193,11 @@ impl AppState {
         let upload_limit_bytes =
             setup.upload_limit_bytes.unwrap_or(setup.initial.len() * 4 + UPLOAD_HEADER_SLACK_BYTES);
         let mut strategy = setup.strategy.build().context("invalid strategy")?;
+        setup.update.validate().context("invalid update pipeline")?;
+        // Central DP noise from a CSPRNG seeded by the OS, never from a task seed.
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+        strategy.set_noise_source(Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed)));
         // Continue from the last committed version if the store has one; otherwise start at 0.
         let (global, version, history) = match store.resume().context("reading the stored task")? {
             Some(resume) => {
@@ -177,6 +225,8 @@ impl AppState {
             upload_limit_bytes,
             dataset: setup.dataset,
             demo_data: setup.demo_data,
+            update: setup.update,
+            privacy: setup.privacy,
         };
         // Known clients keep their tokens across restarts; none counts as connected until it calls.
         let clients = store
@@ -246,7 +296,7 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
     match settled {
         Settled::Abandoned { round, reports, selected, opened_at_ms } => {
             tracing::info!(round, reports, selected, "round abandoned: too few updates by its deadline");
-            let record = RoundRecord {
+            let mut record = RoundRecord {
                 round,
                 outcome: RoundOutcome::Abandoned,
                 version: None,
@@ -256,9 +306,11 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 closed_at_ms: unix_ms(),
                 test_loss: None,
                 test_accuracy: None,
+                bytes_up: 0,
             };
             let mut inner = state.lock();
             inner.metrics.rounds_abandoned += 1;
+            record.bytes_up = std::mem::take(&mut inner.metrics.bytes_up_this_round);
             if let Err(e) = inner.store.record_abandoned(&record) {
                 tracing::warn!(round, error = %e, "recording an abandoned round failed");
             }
@@ -302,10 +354,13 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 closed_at_ms: unix_ms(),
                 test_loss,
                 test_accuracy,
+                bytes_up: 0,
             };
             let eval_ms = eval_started.elapsed().as_millis() as u64;
             let store_started = Instant::now();
             let mut inner = state.lock();
+            record.bytes_up = std::mem::take(&mut inner.metrics.bytes_up_this_round);
+            inner.metrics.bytes_up_total += record.bytes_up;
             // The optimizer state after this round's step is part of the commit; the coordinator's
             // strategy has already taken that step when it produced the pending version.
             let optimizer = inner.coordinator.optimizer_state();
@@ -643,6 +698,13 @@ pub(crate) async fn checkin(
             c.persisted_at_ms = Some(now);
         }
     }
+    // A private task stops opening rounds once the next one would overspend its ε.
+    let rounds_done = inner.history.iter().filter(|r| r.version.is_some()).count() as u64;
+    let exhausted = task.privacy.as_ref().is_some_and(|p| !p.allows(rounds_done));
+    if exhausted && inner.coordinator.open_round().is_none() {
+        let reason = format!("the task's privacy budget is spent after {rounds_done} rounds");
+        return Ok(axum::Json(CheckInResponse::Done { client_id, token, reason }).into_response());
+    }
     let check_in = inner.coordinator.check_in(&client_id, now);
     if let Some(c) = inner.clients.get_mut(&client_id) {
         c.last_seen_ms = now;
@@ -663,6 +725,7 @@ pub(crate) async fn checkin(
             plan: task.plan.clone(),
             model: task.spec.clone(),
             upload_limit_bytes: task.upload_limit_bytes,
+            update: task.update.clone(),
         },
         CheckIn::RetryAfter { ms } => CheckInResponse::Retry { client_id, token, retry_after_ms: ms },
     };
@@ -772,6 +835,30 @@ pub(crate) async fn upload(
     }
 }
 
+/// The update in an upload body: the pipeline's encoding (`Content-Type:
+/// application/x-webfl-update`, the task's codec only) or, for tasks without compression,
+/// plain safetensors (`application/octet-stream`, what PyTorch tooling writes).
+fn decode_update(
+    spec: &UpdateSpec,
+    headers: &HeaderMap,
+    body: &[u8],
+    layout: Arc<webfl_shared::Layout>,
+) -> Result<Params, AppError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with(pipeline::UPDATE_CONTENT_TYPE) {
+        return pipeline::decode(body, layout, spec).map_err(|e| AppError::BadUpdate(format!("the update: {e}")));
+    }
+    if spec.compression != Compression::None {
+        return Err(AppError::BadUpdate(format!(
+            "this task takes updates compressed with {} as {}",
+            spec.compression,
+            pipeline::UPDATE_CONTENT_TYPE
+        )));
+    }
+    Params::from_safetensors(layout, body)
+        .map_err(|e| AppError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))
+}
+
 async fn accept_upload(
     state: &AppState,
     round: &str,
@@ -788,10 +875,15 @@ async fn accept_upload(
     let submitted = (|| {
         let body = body.map_err(|e| body_error(e, state.task.upload_limit_bytes))?;
         let layout = state.lock().coordinator.global().layout().clone();
-        let update = Params::from_safetensors(layout, &body)
-            .map_err(|e| AppError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))?;
+        let update = decode_update(&state.task.update, headers, &body, layout)?;
+        let body_len = body.len() as u64;
         let started = Instant::now();
-        let settled = state.lock().coordinator.submit(&client, round, model_version, &update, examples, now)?;
+        let settled = {
+            let mut inner = state.lock();
+            let settled = inner.coordinator.submit(&client, round, model_version, &update, examples, now)?;
+            inner.metrics.bytes_up_this_round += body_len;
+            settled
+        };
         tracing::info!(round, client, aggregate_us = started.elapsed().as_micros() as u64, "update aggregated");
         Ok::<_, AppError>(settled)
     })();
@@ -838,6 +930,17 @@ pub(crate) async fn status(State(state): State<AppState>) -> Response {
         "test_accuracy": test_accuracy,
         "clients_connected": clients_connected,
         "open_round": inner.coordinator.open_round(),
+        "bytes_up_total": inner.metrics.bytes_up_total,
+        "compression": state.task.update.compression.to_string(),
+        "privacy": state.task.privacy.as_ref().map(|p| json!({
+            "mode": p.mode,
+            "epsilon": p.epsilon(rounds_completed as u64),
+            "delta": p.delta,
+            "target_epsilon": p.target_epsilon,
+            "noise_multiplier": p.noise_multiplier,
+            "sampling_rate": p.sampling_rate,
+            "budget_left": p.allows(rounds_completed as u64),
+        })),
     }))
     .into_response()
 }

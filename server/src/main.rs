@@ -10,6 +10,8 @@ use webfl_shared::strategy::StrategyKind;
 use webfl_server::simulate::{self, SimConfig};
 use webfl_server::task::TaskConfig;
 use webfl_server::{bench, datasets, http, store};
+use webfl_shared::codec::Compression;
+use webfl_shared::pipeline::DpMode;
 
 #[derive(Parser)]
 #[command(name = "webfl", version, about = "Federated learning with browser clients")]
@@ -73,6 +75,9 @@ enum Command {
         #[arg(long, default_value = "www/dist")]
         www: PathBuf,
     },
+    /// Differential privacy (RDP accountant of the sampled Gaussian mechanism): the ε that a noise
+    /// multiplier buys over T steps, or the noise multiplier that a target ε needs.
+    Privacy(PrivacyArgs),
 }
 
 #[derive(Subcommand)]
@@ -147,12 +152,47 @@ struct SimulateArgs {
     /// Print each client's class histogram before training.
     #[arg(long)]
     show_partition: bool,
+    /// Differential privacy: off | local (each client adds noise) | central (DP-FedAvg).
+    #[arg(long)]
+    dp: Option<DpMode>,
+    /// L2 clip norm S of every update.
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Clip each tensor to S/√L instead of the whole update to S.
+    #[arg(long)]
+    per_layer_clip: bool,
+    /// Noise multiplier z (or give --target-epsilon).
+    #[arg(long, conflicts_with = "target_epsilon")]
+    noise_multiplier: Option<f64>,
+    /// ε to spend over all rounds; the noise multiplier is derived from it.
+    #[arg(long)]
+    target_epsilon: Option<f64>,
+    /// δ of the reported (ε, δ); default 1e-5.
+    #[arg(long)]
+    delta: Option<f64>,
+    /// Central DP: adapt the clip norm to the median update norm (Andrew et al. 2021).
+    #[arg(long)]
+    adaptive_clip: bool,
+    /// none | q8 | topk:F | randk:F | qsgd:S | topk:F+q8
+    #[arg(long)]
+    compress: Option<Compression>,
+    /// A ready-made comparison: privacy-utility (central DP at ε ∈ {0.5,1,2,4,8,∞}) or
+    /// compression (dense, 8-bit, top-k 10%/1% with error feedback, top-k 1% + 8-bit,
+    /// random-k 10%, QSGD s=16). Writes tables and a trade-off chart into --out.
+    #[arg(long)]
+    preset: Option<Preset>,
     /// Compare configurations: KEY=V1,V2,... (repeatable; runs the cartesian product), e.g.
     /// `--compare partition=iid,shards:2,dirichlet:0.3 --compare strategy=fedavg,fedadam`.
     #[arg(long)]
     compare: Vec<String>,
     #[arg(long, default_value = "out")]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Preset {
+    PrivacyUtility,
+    Compression,
 }
 
 impl SimulateArgs {
@@ -184,7 +224,28 @@ impl SimulateArgs {
             seed
         );
         set_opt!(server_lr, server_momentum, trim_fraction, byzantine, norm_bound, target_accuracy, label_column);
+        set!(dp, delta, compress);
+        set_opt!(clip, noise_multiplier, target_epsilon);
         c.show_partition |= self.show_partition;
+        c.per_layer_clip |= self.per_layer_clip;
+        c.adaptive_clip |= self.adaptive_clip;
+        match self.preset {
+            Some(Preset::PrivacyUtility) => {
+                // Central DP at a fixed number of rounds and clients per round; ∞ is no noise.
+                c.dp = DpMode::Central;
+                c.clip.get_or_insert(1.0);
+                c.noise_multiplier = None;
+                c.compare.push(
+                    "dp=off | target_epsilon=8 | target_epsilon=4 | target_epsilon=2 | target_epsilon=1 \
+                     | target_epsilon=0.5"
+                        .into(),
+                );
+            }
+            Some(Preset::Compression) => {
+                c.compare.push("compress=none,q8,topk:0.1,topk:0.01,topk:0.01+q8,randk:0.1,qsgd:16".into());
+            }
+            None => {}
+        }
         c.compare.extend(self.compare.iter().cloned());
         Ok(c)
     }
@@ -224,6 +285,7 @@ fn main() -> Result<()> {
             };
             serve(std::net::SocketAddr::new(host, port), &task, &data, &www)
         }
+        Command::Privacy(args) => privacy(&args),
     }
 }
 
@@ -271,4 +333,73 @@ fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path
         ticker.abort();
         Ok(())
     })
+}
+
+/// Flags of `webfl privacy`: exactly one of `--noise-multiplier` and `--target-epsilon`.
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("given").required(true).args(["noise_multiplier", "target_epsilon"])))]
+struct PrivacyArgs {
+    /// Noise multiplier σ (noise std / clip norm): prints the ε it costs.
+    #[arg(long, allow_negative_numbers = true)]
+    noise_multiplier: Option<f64>,
+    /// ε to stay within: prints the smallest noise multiplier that does.
+    #[arg(long, allow_negative_numbers = true)]
+    target_epsilon: Option<f64>,
+    /// Sampling rate q: the probability that a client (or example) takes part in a step.
+    #[arg(long, allow_negative_numbers = true)]
+    sampling_rate: f64,
+    /// Number of steps (rounds) T.
+    #[arg(long)]
+    steps: u64,
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
+    delta: f64,
+    /// Print one JSON object: epsilon, delta, noise_multiplier, sampling_rate, steps, order.
+    #[arg(long)]
+    json: bool,
+}
+
+fn privacy(args: &PrivacyArgs) -> Result<()> {
+    use webfl_shared::privacy::accountant::{self, DEFAULT_ORDERS, PrivacyError};
+    let flag = |e: PrivacyError| {
+        let flag = match e {
+            PrivacyError::NoiseMultiplier(_) => "--noise-multiplier",
+            PrivacyError::TargetEpsilon(_) | PrivacyError::Unattainable { .. } => "--target-epsilon",
+            PrivacyError::SamplingRate(_) => "--sampling-rate",
+            PrivacyError::Delta(_) => "--delta",
+            _ => "webfl privacy",
+        };
+        anyhow::anyhow!("{flag}: {e}")
+    };
+    let (q, steps, delta) = (args.sampling_rate, args.steps, args.delta);
+    let sigma = match (args.noise_multiplier, args.target_epsilon) {
+        (_, Some(target)) => {
+            accountant::noise_multiplier_for(target, q, steps, delta, &DEFAULT_ORDERS).map_err(flag)?
+        }
+        (Some(sigma), None) => sigma,
+        (None, None) => anyhow::bail!("give --noise-multiplier or --target-epsilon"),
+    };
+    let (eps, order) = accountant::epsilon(sigma, q, steps, delta, &DEFAULT_ORDERS).map_err(flag)?;
+    // Significant digits for people; the JSON carries full precision.
+    let sig = |x: f64, digits: i32| {
+        if !x.is_finite() || x == 0.0 {
+            return format!("{x}");
+        }
+        let decimals = (digits - 1 - x.abs().log10().floor() as i32).max(0) as usize;
+        format!("{x:.decimals$}")
+    };
+    if args.json {
+        let out = serde_json::json!({
+            "epsilon": eps, "delta": delta, "noise_multiplier": sigma, "sampling_rate": q, "steps": steps, "order": order,
+        });
+        println!("{out}");
+    } else if let Some(target) = args.target_epsilon {
+        println!(
+            "σ = {} for ε ≤ {target} at δ = {delta:e} (reaches ε = {}, best RDP order {order}; q = {q}, T = {steps})",
+            sig(sigma, 5),
+            sig(eps, 4)
+        );
+    } else {
+        println!("ε = {} at δ = {delta:e} (best RDP order {order}; σ = {sigma}, q = {q}, T = {steps})", sig(eps, 4));
+    }
+    Ok(())
 }

@@ -327,6 +327,8 @@ mod tests {
             upload_limit_bytes: None,
             dataset: DatasetInfo { name: "synthetic".into(), sample_shape: vec![4], classes: 2, demo_data_url: None },
             demo_data: None,
+            update: Default::default(),
+            privacy: None,
         };
         AppState::new(setup).unwrap()
     }

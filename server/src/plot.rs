@@ -90,3 +90,73 @@ where
         .map_err(|e| anyhow!("{e:?}"))?;
     Ok(())
 }
+
+/// One configuration on a trade-off chart: its cost (x) and final accuracy (y).
+pub struct TradeoffPoint {
+    pub label: String,
+    pub x: f64,
+    pub accuracy: f64,
+}
+
+/// Final accuracy against a cost (ε, bytes per round) on a log x axis, one labelled point per
+/// configuration.
+pub fn tradeoff(path: &Path, title: &str, x_label: &str, points: &[TradeoffPoint]) -> Result<()> {
+    register_fonts();
+    let finite: Vec<&TradeoffPoint> = points.iter().filter(|p| p.x.is_finite() && p.x > 0.0).collect();
+    let (x_lo, x_hi) = finite.iter().fold((f64::MAX, f64::MIN), |(l, h), p| (l.min(p.x), h.max(p.x)));
+    if finite.is_empty() {
+        return Err(anyhow!("nothing to plot"));
+    }
+    let (x_lo, x_hi) = (x_lo / 1.5, x_hi * 1.5);
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(title, ("sans-serif", 22))?;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..1.0)
+        .map_err(|e| anyhow!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("final test accuracy")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    let mut sorted = finite.clone();
+    sorted.sort_by(|a, b| a.x.total_cmp(&b.x));
+    chart
+        .draw_series(LineSeries::new(sorted.iter().map(|p| (p.x, p.accuracy)), BLUE.mix(0.4).stroke_width(1)))
+        .map_err(|e| anyhow!("{e:?}"))?;
+    for p in &sorted {
+        chart
+            .draw_series(std::iter::once(Circle::new((p.x, p.accuracy), 5, BLUE.filled())))
+            .map_err(|e| anyhow!("{e:?}"))?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{} ({:.1}%)", p.label, p.accuracy * 100.0),
+                (p.x, (p.accuracy - 0.04).max(0.02)),
+                ("sans-serif", 13),
+            )))
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    // Points without a finite cost (ε = ∞: no noise) are drawn as a reference line.
+    for p in points.iter().filter(|p| !(p.x.is_finite() && p.x > 0.0)) {
+        chart
+            .draw_series(LineSeries::new([(x_lo, p.accuracy), (x_hi, p.accuracy)], RED.mix(0.6).stroke_width(1)))
+            .map_err(|e| anyhow!("{e:?}"))?
+            .label(format!("{} ({:.1}%)", p.label, p.accuracy * 100.0))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -12,16 +12,21 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
 use rand::seq::index::sample;
+use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use webfl_shared::codec::{Compression, ErrorFeedback};
 use webfl_shared::data::csv::{CsvOptions, LabelColumn};
 use webfl_shared::data::partition::{Partition, histogram_table, partition};
 use webfl_shared::data::{Dataset, Split};
 use webfl_shared::model::{self, ModelSpec};
 use webfl_shared::params::Params;
+use webfl_shared::pipeline::{self, DpMode, UpdateSpec};
+use webfl_shared::privacy::accountant;
 use webfl_shared::rng::derive;
-use webfl_shared::strategy::{Strategy, StrategyConfig, StrategyKind};
+use webfl_shared::strategy::{AdaptiveClipping, CentralDpConfig, Strategy, StrategyConfig, StrategyKind};
 use webfl_shared::train::{Backend, CpuBackend, EvalStats, TrainPlan};
 
 use crate::{datasets, plot};
@@ -31,6 +36,8 @@ const STREAM_INIT: u64 = 1;
 const STREAM_PARTITION: u64 = 2;
 const STREAM_SELECT: u64 = 3;
 const STREAM_TRAIN: u64 = 4;
+const STREAM_NOISE: u64 = 5;
+const STREAM_CODEC: u64 = 6;
 
 /// Everything a simulation run needs; readable from TOML and overridable by flags.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +80,22 @@ pub struct SimConfig {
     pub test_fraction: f64,
     /// Print the per-client class histogram before training.
     pub show_partition: bool,
+    /// Differential privacy: `off`, `local` (clients add noise) or `central` (DP-FedAvg).
+    pub dp: DpMode,
+    /// L2 clip norm S of every update; required with DP, optional (clipping only) without.
+    pub clip: Option<f64>,
+    /// Clip each tensor to S/√L instead of the whole update to S.
+    pub per_layer_clip: bool,
+    /// Noise multiplier z (give this or `target_epsilon` with DP).
+    pub noise_multiplier: Option<f64>,
+    /// ε to spend over all rounds; z is derived from it with the RDP accountant.
+    pub target_epsilon: Option<f64>,
+    /// δ of the reported (ε, δ).
+    pub delta: f64,
+    /// Central DP only: track the clip norm at the median update norm (Andrew et al. 2021).
+    pub adaptive_clip: bool,
+    /// Update compression: none, q8, topk:F, randk:F, qsgd:S, topk:F+q8.
+    pub compress: Compression,
     /// Compare mode: `key=v1,v2,...` entries; runs the cartesian product of the overrides.
     pub compare: Vec<String>,
 }
@@ -107,6 +130,14 @@ impl Default for SimConfig {
             label_column: None,
             test_fraction: 0.2,
             show_partition: false,
+            dp: DpMode::Off,
+            clip: None,
+            per_layer_clip: false,
+            noise_multiplier: None,
+            target_epsilon: None,
+            delta: 1e-5,
+            adaptive_clip: false,
+            compress: Compression::None,
             compare: Vec::new(),
         }
     }
@@ -141,7 +172,62 @@ impl SimConfig {
             byzantine_f: self.byzantine.unwrap_or(StrategyConfig::default().byzantine_f),
             multi_krum_m: self.multi_krum.unwrap_or(StrategyConfig::default().multi_krum_m),
             norm_bound: self.norm_bound,
+            central_dp: None,
         }
+    }
+
+    /// The noise multiplier: given, or the smallest that keeps `target_epsilon` over all rounds.
+    pub fn noise_multiplier(&self) -> Result<f64> {
+        match (self.noise_multiplier, self.target_epsilon) {
+            (Some(z), None) => Ok(z),
+            (None, Some(eps)) => Ok(accountant::noise_multiplier_for(
+                eps,
+                self.sampling_rate(),
+                self.rounds as u64,
+                self.delta,
+                &accountant::DEFAULT_ORDERS,
+            )?),
+            (Some(_), Some(_)) => bail!("give --noise-multiplier or --target-epsilon, not both"),
+            (None, None) => bail!("--dp {} needs --noise-multiplier or --target-epsilon", self.dp),
+        }
+    }
+
+    /// Per-round sampling rate the accountant uses: C for central DP; 1 for local DP (a client's
+    /// own guarantee; its participation is not hidden from the server).
+    pub fn sampling_rate(&self) -> f64 {
+        match self.dp {
+            DpMode::Central => self.clients_per_round() as f64 / self.clients as f64,
+            _ => 1.0,
+        }
+    }
+
+    /// The client half of the pipeline, and central DP's settings for the server half.
+    pub fn update_pipeline(&self) -> Result<(UpdateSpec, Option<CentralDpConfig>)> {
+        let clip = || self.clip.with_context(|| format!("--dp {} needs --clip S", self.dp));
+        let mut spec = UpdateSpec {
+            clip: self.clip,
+            per_layer: self.per_layer_clip,
+            noise_std: 0.0,
+            compression: self.compress.clone(),
+        };
+        let central = match self.dp {
+            DpMode::Off => None,
+            DpMode::Local => {
+                spec.noise_std = self.noise_multiplier()? * 2.0 * clip()?;
+                None
+            }
+            DpMode::Central => Some(CentralDpConfig {
+                clip: clip()?,
+                noise_multiplier: self.noise_multiplier()?,
+                expected_clients: self.clients_per_round(),
+                adaptive: self.adaptive_clip.then(AdaptiveClipping::default),
+            }),
+        };
+        if self.adaptive_clip && self.dp != DpMode::Central {
+            bail!("--adaptive-clip applies to --dp central only");
+        }
+        spec.validate()?;
+        Ok((spec, central))
     }
 
     fn validate(&self) -> Result<()> {
@@ -155,6 +241,13 @@ impl SimConfig {
             bail!("--rounds must be at least 1");
         }
         self.plan().validate()?;
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            bail!("--delta must be in (0, 1), got {}", self.delta);
+        }
+        let (_, central) = self.update_pipeline()?;
+        let mut strategy = self.strategy_config();
+        strategy.central_dp = central;
+        strategy.validate()?;
         Ok(())
     }
 
@@ -194,6 +287,9 @@ fn is_optional_key(key: &str) -> bool {
             | "norm_bound"
             | "target_accuracy"
             | "label_column"
+            | "clip"
+            | "noise_multiplier"
+            | "target_epsilon"
     )
 }
 
@@ -208,6 +304,10 @@ pub struct RoundRecord {
     pub test_loss: f64,
     pub test_accuracy: f64,
     pub update_norm: f64,
+    /// Bytes uploaded by all clients this round (encoded updates).
+    pub bytes_up: usize,
+    /// (ε, δ = `delta`) spent so far; `None` without DP.
+    pub epsilon: Option<f64>,
     pub seconds: f64,
 }
 
@@ -258,7 +358,13 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
     let Split { train, test } = &prepared.split;
     let spec = resolve_model(cfg, train)?;
     let plan = cfg.plan();
-    let mut strategy: Strategy = cfg.strategy_config().build()?;
+    let (update_spec, central_dp) = cfg.update_pipeline()?;
+    let noise_multiplier = if cfg.dp == DpMode::Off { None } else { Some(cfg.noise_multiplier()?) };
+    let mut strategy_config = cfg.strategy_config();
+    strategy_config.central_dp = central_dp;
+    let mut strategy: Strategy = strategy_config.build()?;
+    // Seeded noise: simulations are reproducible; production seeds from platform entropy.
+    strategy.set_noise_source(Box::new(ChaCha20Rng::from_rng(&mut derive(cfg.seed, &[STREAM_NOISE]))));
     let mut global = spec.init_params(&mut derive(cfg.seed, &[STREAM_INIT]))?;
     let parts = partition(&train.labels, train.classes, cfg.clients, &cfg.partition, partition_seed(cfg.seed))?;
     if cfg.show_partition {
@@ -266,6 +372,11 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
     }
     let client_data: Vec<Dataset> = parts.iter().map(|p| train.subset(p)).collect();
     let per_round = cfg.clients_per_round();
+    // Error-feedback residuals live with their clients across rounds, as in the browser.
+    let mut memories: Vec<Option<ErrorFeedback>> = (0..cfg.clients)
+        .map(|_| cfg.compress.uses_error_feedback().then(|| ErrorFeedback::new(global.len())))
+        .collect();
+    let mut participations = vec![0u64; cfg.clients];
 
     let bar = ProgressBar::new(cfg.rounds as u64);
     bar.set_style(
@@ -289,18 +400,42 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
         let mut select_rng = derive(cfg.seed, &[STREAM_SELECT, round as u64]);
         let mut selected = sample(&mut select_rng, cfg.clients, per_round).into_vec();
         selected.retain(|&c| !client_data[c].is_empty());
-        let results: Vec<(Params, webfl_shared::train::TrainStats)> = selected
+        let taken: Vec<Option<ErrorFeedback>> = selected.iter().map(|&c| memories[c].take()).collect();
+        let results: Vec<(Vec<u8>, webfl_shared::train::TrainStats, Option<ErrorFeedback>)> = selected
             .par_iter()
-            .map(|&c| -> Result<_> {
+            .zip(taken)
+            .map(|(&c, mut memory)| -> Result<_> {
                 let mut be = CpuBackend::new(&spec)?;
                 let mut rng = derive(cfg.seed, &[STREAM_TRAIN, round as u64, c as u64]);
                 let (local, stats) = be.train(&global, &client_data[c], &plan, &mut rng, &mut |_| {})?;
-                Ok((local.delta_from(&global)?, stats))
+                let mut delta = local.delta_from(&global)?;
+                let mut noise = ChaCha20Rng::from_rng(&mut derive(cfg.seed, &[STREAM_NOISE, round as u64, c as u64]));
+                let mut codec_rng = derive(cfg.seed, &[STREAM_CODEC, round as u64, c as u64]);
+                let prepared =
+                    pipeline::prepare(&mut delta, &update_spec, memory.as_mut(), &mut noise, &mut codec_rng)?;
+                Ok((prepared.body, stats, memory))
             })
             .collect::<Result<_>>()?;
-        for (update, stats) in &results {
-            strategy.add(update, stats.examples as f64)?;
+        let mut bytes_up = 0;
+        for (&c, (body, stats, memory)) in selected.iter().zip(&results) {
+            // The server half: decode exactly as `webfl serve` does.
+            let update = pipeline::decode(body, global.layout().clone(), &update_spec)?;
+            strategy.add(&update, stats.examples as f64)?;
+            bytes_up += body.len();
+            memories[c] = memory.clone();
+            participations[c] += 1;
         }
+        let epsilon = match noise_multiplier {
+            None => None,
+            Some(z) => {
+                // Central: every round is one subsampled step; local: the most-used client's count.
+                let steps = match cfg.dp {
+                    DpMode::Central => round as u64,
+                    _ => participations.iter().copied().max().unwrap_or(0),
+                };
+                Some(accountant::epsilon(z, cfg.sampling_rate(), steps, cfg.delta, &accountant::DEFAULT_ORDERS)?.0)
+            }
+        };
         let summary = strategy.finish_round(&mut global)?;
         let eval = evaluate(&spec, &global, test)?;
         let examples: usize = results.iter().map(|r| r.1.examples).sum();
@@ -316,6 +451,8 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
             test_loss: eval.loss,
             test_accuracy: eval.accuracy,
             update_norm: summary.delta_norm,
+            bytes_up,
+            epsilon,
             seconds: started.elapsed().as_secs_f64(),
         };
         if show_table {
@@ -363,11 +500,12 @@ pub fn rounds_to(history: &[RoundRecord], target: f64) -> Option<usize> {
 pub fn write_history(dir: &Path, history: &[RoundRecord]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("history.json"), serde_json::to_string_pretty(history)?)?;
-    let mut csv =
-        String::from("round,clients,examples,train_loss,train_accuracy,test_loss,test_accuracy,update_norm,seconds\n");
+    let mut csv = String::from(
+        "round,clients,examples,train_loss,train_accuracy,test_loss,test_accuracy,update_norm,bytes_up,epsilon,seconds\n",
+    );
     for r in history {
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{}\n",
             r.round,
             r.clients,
             r.examples,
@@ -376,6 +514,8 @@ pub fn write_history(dir: &Path, history: &[RoundRecord]) -> Result<()> {
             r.test_loss,
             r.test_accuracy,
             r.update_norm,
+            r.bytes_up,
+            r.epsilon.map_or(String::new(), |e| e.to_string()),
             r.seconds
         ));
     }
@@ -476,22 +616,87 @@ pub fn run_all(base: &SimConfig, out: &Path) -> Result<()> {
         let last = history.last().context("empty history")?;
         let best = history.iter().map(|r| r.test_accuracy).fold(0.0, f64::max);
         let reach = cfg.target_accuracy.map(|t| rounds_to(&history, t));
-        rows.push((label.clone(), last.test_accuracy, best, reach, cfg.rounds));
+        let bytes =
+            history.iter().map(|r| r.bytes_up as f64 / r.clients.max(1) as f64).sum::<f64>() / history.len() as f64;
+        rows.push(SummaryRow {
+            label: label.clone(),
+            last: last.test_accuracy,
+            best,
+            reach,
+            rounds: cfg.rounds,
+            bytes_per_update: bytes,
+            epsilon: last.epsilon,
+        });
     }
     plot::accuracy_and_loss(&out.join("comparison.png"), "webfl simulate: comparison", &accs, &losses)?;
-    let mut summary = String::from("configuration,final_accuracy,best_accuracy,rounds_to_target\n");
-    println!("\n{:<50} {:>9} {:>9} {:>16}", "configuration", "final", "best", "rounds to target");
-    for (label, last, best, reach, rounds) in &rows {
-        let reach_s = match reach {
-            Some(Some(r)) => r.to_string(),
-            Some(None) => format!(">{rounds}"),
+    write_summary(out, &rows)?;
+    // Trade-off charts when the runs differ in what they cost.
+    if rows.iter().any(|r| r.epsilon.is_some()) {
+        let points: Vec<plot::TradeoffPoint> = rows
+            .iter()
+            .map(|r| plot::TradeoffPoint {
+                label: r.label.clone(),
+                x: r.epsilon.unwrap_or(f64::INFINITY),
+                accuracy: r.last,
+            })
+            .collect();
+        plot::tradeoff(&out.join("privacy_utility.png"), "privacy vs utility", "ε (δ as configured)", &points)?;
+        println!("wrote {}", out.join("privacy_utility.png").display());
+    }
+    let dense = rows.first().map(|r| r.bytes_per_update);
+    if rows.iter().any(|r| Some(r.bytes_per_update) != dense) {
+        let points: Vec<plot::TradeoffPoint> = rows
+            .iter()
+            .map(|r| plot::TradeoffPoint { label: r.label.clone(), x: r.bytes_per_update, accuracy: r.last })
+            .collect();
+        plot::tradeoff(&out.join("compression_accuracy.png"), "compression vs accuracy", "bytes per update", &points)?;
+        println!("wrote {}", out.join("compression_accuracy.png").display());
+    }
+    println!("wrote {}", out.join("comparison.png").display());
+    Ok(())
+}
+
+/// One configuration's line in `summary.csv` and the printed table.
+struct SummaryRow {
+    label: String,
+    last: f64,
+    best: f64,
+    reach: Option<Option<usize>>,
+    rounds: usize,
+    /// Mean encoded bytes one client uploads per round.
+    bytes_per_update: f64,
+    /// ε spent by the end (`None` without DP).
+    epsilon: Option<f64>,
+}
+
+fn write_summary(out: &Path, rows: &[SummaryRow]) -> Result<()> {
+    let mut summary =
+        String::from("configuration,final_accuracy,best_accuracy,rounds_to_target,bytes_per_update,epsilon\n");
+    println!(
+        "\n{:<44} {:>8} {:>8} {:>8} {:>14} {:>8}",
+        "configuration", "final", "best", "to target", "bytes/update", "ε"
+    );
+    for r in rows {
+        let reach = match r.reach {
+            Some(Some(n)) => n.to_string(),
+            Some(None) => format!(">{}", r.rounds),
             None => "-".into(),
         };
-        println!("{label:<50} {last:>9.4} {best:>9.4} {reach_s:>16}");
-        summary.push_str(&format!("\"{}\",{last},{best},{reach_s}\n", label.replace('"', "\"\"")));
+        let eps = r.epsilon.map_or("∞".to_string(), |e| format!("{e:.3}"));
+        println!(
+            "{:<44} {:>8.4} {:>8.4} {:>8} {:>14.0} {:>8}",
+            r.label, r.last, r.best, reach, r.bytes_per_update, eps
+        );
+        summary.push_str(&format!(
+            "\"{}\",{},{},{reach},{:.0},{}\n",
+            r.label.replace('"', "\"\""),
+            r.last,
+            r.best,
+            r.bytes_per_update,
+            r.epsilon.map_or(String::new(), |e| e.to_string())
+        ));
     }
     std::fs::write(out.join("summary.csv"), summary)?;
-    println!("wrote {}", out.join("comparison.png").display());
     Ok(())
 }
 

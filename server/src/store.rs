@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use webfl_shared::strategy::OptimizerState;
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +81,9 @@ pub struct RoundRecord {
     pub closed_at_ms: u64,
     pub test_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
+    /// Encoded update bytes the round accepted.
+    #[serde(default)]
+    pub bytes_up: u64,
 }
 
 /// A stored model version.
@@ -170,6 +173,15 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if found < 2 {
+            // v2: encoded update bytes per round (compression is visible per round).
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE rounds ADD COLUMN bytes_up INTEGER NOT NULL DEFAULT 0;
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
         Ok(Self { conn })
     }
 
@@ -251,7 +263,8 @@ impl Store {
 
     pub fn rounds(&self, task: &str) -> Result<Vec<RoundRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT round, outcome, version, selected, reports, opened_at_ms, closed_at_ms, test_loss, test_accuracy
+            "SELECT round, outcome, version, selected, reports, opened_at_ms, closed_at_ms, test_loss, test_accuracy,
+                    bytes_up
              FROM rounds WHERE task = ?1 ORDER BY round",
         )?;
         let rows = stmt.query_map([task], |r| {
@@ -266,6 +279,7 @@ impl Store {
                 closed_at_ms: r.get::<_, i64>(6)? as u64,
                 test_loss: r.get(7)?,
                 test_accuracy: r.get(8)?,
+                bytes_up: r.get::<_, i64>(9)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -551,8 +565,8 @@ fn insert_version(
 fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO rounds (task, round, outcome, version, selected, reports, opened_at_ms, closed_at_ms,
-                             test_loss, test_accuracy)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                             test_loss, test_accuracy, bytes_up)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             task,
             r.round as i64,
@@ -563,7 +577,8 @@ fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), St
             r.opened_at_ms as i64,
             r.closed_at_ms as i64,
             r.test_loss,
-            r.test_accuracy
+            r.test_accuracy,
+            r.bytes_up as i64
         ],
     )?;
     Ok(())
@@ -584,6 +599,7 @@ mod tests {
             closed_at_ms: 20,
             test_loss: version.map(|_| 0.5),
             test_accuracy: version.map(|_| 0.9),
+            bytes_up: 0,
         }
     }
 

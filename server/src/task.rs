@@ -28,14 +28,18 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use webfl_shared::codec::Compression;
 use webfl_shared::data::csv::CsvOptions;
 use webfl_shared::model;
+use webfl_shared::pipeline::{DpMode, UpdateSpec};
+use webfl_shared::privacy::accountant;
 use webfl_shared::proto::DatasetInfo;
 use webfl_shared::strategy::StrategyConfig;
+use webfl_shared::strategy::{AdaptiveClipping, CentralDpConfig};
 use webfl_shared::train::TrainPlan;
 
 use crate::datasets;
-use crate::http::TaskSetup;
+use crate::http::{PrivacyBudget, TaskSetup};
 use crate::rounds::RoundPolicy;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,6 +56,48 @@ pub struct TaskConfig {
     pub rounds: RoundsConfig,
     /// Largest accepted update body; default: the model's f32 bytes plus 64 KiB.
     pub upload_limit_bytes: Option<usize>,
+    /// How clients compress updates: none, q8, topk:F, randk:F, qsgd:S, topk:F+q8.
+    pub compression: Compression,
+    pub privacy: PrivacyConfig,
+}
+
+/// `[privacy]`: differential privacy of the task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// off, local (clients add noise) or central (DP-FedAvg on the server).
+    pub mode: DpMode,
+    /// L2 clip norm S; required with DP (clipping alone is allowed without).
+    pub clip: Option<f64>,
+    pub per_layer_clip: bool,
+    /// z; or give `target_epsilon` and `max_rounds` to derive it.
+    pub noise_multiplier: Option<f64>,
+    /// Total ε budget: rounds stop when the next would exceed it.
+    pub target_epsilon: Option<f64>,
+    /// Rounds the budget is spread over when z is derived from `target_epsilon`.
+    pub max_rounds: Option<u64>,
+    pub delta: f64,
+    /// Central DP: how many clients the round's `target_reports` are drawn from (q = target /
+    /// population). The accountant assumes Poisson sampling from this population.
+    pub population: Option<u64>,
+    /// Central DP: adapt the clip norm to the median update norm (Andrew et al. 2021).
+    pub adaptive_clip: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            mode: DpMode::Off,
+            clip: None,
+            per_layer_clip: false,
+            noise_multiplier: None,
+            target_epsilon: None,
+            max_rounds: None,
+            delta: 1e-5,
+            population: None,
+            adaptive_clip: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +128,8 @@ impl Default for TaskConfig {
             strategy: StrategyConfig::default(),
             rounds: RoundsConfig::default(),
             upload_limit_bytes: None,
+            compression: Compression::None,
+            privacy: PrivacyConfig::default(),
         }
     }
 }
@@ -97,6 +145,7 @@ impl TaskConfig {
         cfg.plan.validate()?;
         cfg.strategy.validate()?;
         cfg.policy()?.validate()?;
+        cfg.update_pipeline()?;
         Ok(cfg)
     }
 
@@ -116,6 +165,62 @@ impl TaskConfig {
 
     /// Loads the data and the model and builds what the HTTP layer serves. Only the held-out
     /// split stays on the server: training data lives on the clients.
+    /// The clients' update spec, central DP for the strategy, and the privacy budget.
+    pub fn update_pipeline(&self) -> Result<(UpdateSpec, Option<CentralDpConfig>, Option<PrivacyBudget>)> {
+        let p = &self.privacy;
+        let mut spec = UpdateSpec {
+            clip: p.clip,
+            per_layer: p.per_layer_clip,
+            noise_std: 0.0,
+            compression: self.compression.clone(),
+        };
+        if p.mode == DpMode::Off {
+            spec.validate()?;
+            return Ok((spec, None, None));
+        }
+        let clip = p.clip.with_context(|| format!("privacy.mode = {} needs privacy.clip", p.mode))?;
+        let sampling_rate = match p.mode {
+            DpMode::Central => {
+                let population =
+                    p.population.context("central DP needs privacy.population (q = target / population)")?;
+                anyhow::ensure!(
+                    population >= self.rounds.target_reports as u64,
+                    "privacy.population must be at least rounds.target_reports"
+                );
+                self.rounds.target_reports as f64 / population as f64
+            }
+            _ => 1.0,
+        };
+        let z = match (p.noise_multiplier, p.target_epsilon, p.max_rounds) {
+            (Some(z), _, _) => z,
+            (None, Some(eps), Some(rounds)) => {
+                accountant::noise_multiplier_for(eps, sampling_rate, rounds, p.delta, &accountant::DEFAULT_ORDERS)?
+            }
+            _ => anyhow::bail!("privacy needs noise_multiplier, or target_epsilon with max_rounds"),
+        };
+        let central = match p.mode {
+            DpMode::Local => {
+                spec.noise_std = z * 2.0 * clip;
+                None
+            }
+            _ => Some(CentralDpConfig {
+                clip,
+                noise_multiplier: z,
+                expected_clients: self.rounds.target_reports,
+                adaptive: p.adaptive_clip.then(AdaptiveClipping::default),
+            }),
+        };
+        spec.validate()?;
+        let budget = PrivacyBudget {
+            mode: p.mode.to_string(),
+            noise_multiplier: z,
+            sampling_rate,
+            delta: p.delta,
+            target_epsilon: p.target_epsilon,
+        };
+        Ok((spec, central, Some(budget)))
+    }
+
     pub fn setup(&self) -> Result<TaskSetup> {
         let split = datasets::load(&self.dataset, &CsvOptions::default(), self.test_fraction, self.seed)?;
         let test = split.test;
@@ -134,18 +239,23 @@ impl TaskConfig {
             self.model.clone()
         };
         let spec = model::resolve(&arg, &test.sample_shape, test.classes)?;
+        let (update, central_dp, privacy) = self.update_pipeline()?;
+        let mut strategy = self.strategy.clone();
+        strategy.central_dp = central_dp;
         let initial = spec.init_params(&mut webfl_shared::rng::derive(self.seed, &[1]))?;
         Ok(TaskSetup {
             name: self.name.clone(),
             spec,
             plan: self.plan.clone(),
             policy: self.policy()?,
-            strategy: self.strategy.clone(),
+            strategy,
             test,
             initial,
             upload_limit_bytes: self.upload_limit_bytes,
             dataset,
             demo_data,
+            update,
+            privacy,
         })
     }
 }

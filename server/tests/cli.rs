@@ -454,3 +454,59 @@ fn bench_gemm_prints_one_json_line() {
     let value = number(&row, "value");
     assert!(value.is_finite() && value > 0.0, "{value}");
 }
+
+/// Runs `webfl privacy ARGS --json` and returns its one JSON object.
+fn privacy_json(args: &[&str]) -> Value {
+    let mut all = vec!["privacy"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = webfl_ok(&all);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {}", lines[0]))
+}
+
+/// `privacy --noise-multiplier` reproduces the published ε ≈ 1.712 (σ = 1.1, q = 0.01, T = 1000,
+/// δ = 1e-5), and `--target-epsilon` turns that ε back into σ ≈ 1.1.
+#[test]
+fn privacy_epsilon_and_noise_multiplier_round_trip() {
+    let row = privacy_json(&["--noise-multiplier", "1.1", "--sampling-rate", "0.01", "--steps", "1000"]);
+    let eps = number(&row, "epsilon");
+    assert!((eps - 1.712).abs() < 0.001, "ε = {eps}");
+    assert_eq!(number(&row, "delta"), 1e-5);
+    assert_eq!(number(&row, "noise_multiplier"), 1.1);
+    assert_eq!(number(&row, "sampling_rate"), 0.01);
+    assert_eq!(number(&row, "steps"), 1000.0);
+    assert_eq!(number(&row, "order"), 9.6);
+
+    let target = eps.to_string();
+    let back =
+        privacy_json(&["--target-epsilon", &target, "--sampling-rate", "0.01", "--steps", "1000", "--delta", "1e-5"]);
+    let sigma = number(&back, "noise_multiplier");
+    assert!((sigma - 1.1).abs() < 1e-3, "σ = {sigma}");
+    let reached = number(&back, "epsilon");
+    assert!(reached <= eps && reached >= eps * (1.0 - 1e-4), "ε = {reached} for target {eps}");
+
+    let human = webfl_ok(&["privacy", "--noise-multiplier", "1.1", "--sampling-rate", "0.01", "--steps", "1000"]);
+    assert!(human.starts_with("ε = 1.712 at δ = 1e-5"), "{human}");
+}
+
+/// Bad privacy inputs fail cleanly and name the flag.
+#[test]
+fn privacy_rejects_bad_input() {
+    let err = webfl_err(&["privacy", "--noise-multiplier", "1.0", "--sampling-rate", "1.5", "--steps", "10"]);
+    assert!(err.contains("--sampling-rate"), "{err}");
+    let err = webfl_err(&["privacy", "--noise-multiplier", "-1", "--sampling-rate", "0.1", "--steps", "10"]);
+    assert!(err.contains("--noise-multiplier"), "{err}");
+    let err = webfl_err(&["privacy", "--target-epsilon", "0.01", "--sampling-rate", "0.1", "--steps", "10"]);
+    assert!(err.contains("--target-epsilon") && err.contains("unattainable"), "{err}");
+    let err =
+        webfl_err(&["privacy", "--noise-multiplier", "1", "--sampling-rate", "0.1", "--steps", "10", "--delta", "0"]);
+    assert!(err.contains("--delta"), "{err}");
+    // Exactly one of --noise-multiplier and --target-epsilon.
+    let both =
+        ["privacy", "--noise-multiplier", "1", "--target-epsilon", "2", "--sampling-rate", "0.1", "--steps", "1"];
+    assert!(webfl_err(&both).contains("--target-epsilon"));
+    let neither = webfl_err(&["privacy", "--sampling-rate", "0.1", "--steps", "1"]);
+    assert!(neither.contains("--noise-multiplier"), "{neither}");
+}

@@ -50,6 +50,8 @@ fn setup(policy: RoundPolicy) -> TaskSetup {
         upload_limit_bytes: None,
         dataset: DatasetInfo { name: "synthetic".into(), sample_shape: vec![4], classes: 2, demo_data_url: None },
         demo_data: None,
+        update: Default::default(),
+        privacy: None,
     }
 }
 
@@ -599,4 +601,86 @@ async fn a_restart_resumes_the_last_committed_version() {
     assert_eq!(rounds.len(), 1);
     assert_eq!((rounds[0]["round"].as_u64(), rounds[0]["version"].as_u64()), (Some(1), Some(1)));
     assert_eq!((rounds[0]["outcome"].as_str(), rounds[0]["reports"].as_u64()), (Some("closed"), Some(2)));
+}
+
+/// A private, compressed task: clients get the update spec with their assignment, uploads are
+/// the pipeline's encoding of the task's codec only, ε is reported, and once the budget is
+/// spent the server tells clients it is done instead of opening a round.
+#[tokio::test]
+async fn a_private_compressed_task_spends_its_budget_then_stops() {
+    use rand::SeedableRng;
+    use webfl_server::http::PrivacyBudget;
+    use webfl_shared::codec::Compression;
+    use webfl_shared::pipeline::{self, UpdateSpec};
+
+    let spec = UpdateSpec { clip: Some(1.0), per_layer: false, noise_std: 0.5, compression: Compression::Q8 };
+    let budget = PrivacyBudget {
+        mode: "local".into(),
+        noise_multiplier: 2.0,
+        sampling_rate: 1.0,
+        delta: 1e-5,
+        // One round of σ=2 at q=1 costs ε ≈ 2.17; two would exceed 3.
+        target_epsilon: Some(3.0),
+    };
+    let mut task = setup(policy());
+    task.update = spec.clone();
+    task.privacy = Some(budget);
+    let app = app(AppState::new(task).unwrap());
+
+    let (a, assignment) = checkin(&app).await;
+    assert_eq!(serde_json::from_value::<UpdateSpec>(assignment["update"].clone()).unwrap(), spec);
+    let (b, _) = checkin(&app).await;
+    let global = download(&app, 0).await;
+    let encoded = |by: f32| {
+        let mut delta = local_update(&global, by);
+        let mut noise = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let prepared =
+            pipeline::prepare(&mut delta, &spec, None, &mut noise, &mut webfl_shared::rng::derive(0, &[])).unwrap();
+        assert!(prepared.clipped, "the update was clipped to S");
+        prepared.body
+    };
+    let as_update = |c: &Client, body: Vec<u8>, content_type: &str| {
+        let req = upload_as(c, "1", Body::from(body), &[]);
+        let (mut parts, body) = req.into_parts();
+        parts.headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        Request::from_parts(parts, body)
+    };
+    // Plain safetensors is refused by a compressed task, and so is another codec.
+    let (code, json) = call_json(
+        &app,
+        as_update(&a, local_update(&global, 0.1).to_safetensors().unwrap(), "application/octet-stream"),
+    )
+    .await;
+    assert_eq!((code, json["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("bad_update")), "{json}");
+    let mut dense = local_update(&global, 0.1);
+    let plain = pipeline::prepare(
+        &mut dense,
+        &UpdateSpec::default(),
+        None,
+        &mut rand_chacha::ChaCha20Rng::seed_from_u64(0),
+        &mut webfl_shared::rng::derive(0, &[]),
+    )
+    .unwrap();
+    let (code, json) = call_json(&app, as_update(&a, plain.body, pipeline::UPDATE_CONTENT_TYPE)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert!(json["message"].as_str().unwrap().contains("q8"), "{json}");
+
+    let (code, json) = call_json(&app, as_update(&a, encoded(0.1), pipeline::UPDATE_CONTENT_TYPE)).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{json}");
+    let (code, json) = call_json(&app, as_update(&b, encoded(-0.1), pipeline::UPDATE_CONTENT_TYPE)).await;
+    assert_eq!((code, json["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(true)), "{json}");
+
+    let s = status(&app).await;
+    let eps = s["privacy"]["epsilon"].as_f64().unwrap();
+    assert!((eps - 2.166).abs() < 0.01, "{s}");
+    assert_eq!(s["privacy"]["budget_left"], false);
+    let (_, rounds) = call_json(&app, get("/api/rounds")).await;
+    assert!(rounds[0]["bytes_up"].as_u64().unwrap() > 0, "{rounds}");
+    // Two Q8 updates: about a quarter of two dense f32 ones.
+    let dense_bytes = 8.0 * global.len() as f64;
+    assert!((rounds[0]["bytes_up"].as_u64().unwrap() as f64) < 0.3 * dense_bytes, "{rounds}");
+
+    let again = checkin_as(&app, &a).await;
+    assert_eq!(again["status"], "done", "{again}");
+    assert!(again["reason"].as_str().unwrap().contains("privacy budget"), "{again}");
 }

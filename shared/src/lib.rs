@@ -8,6 +8,8 @@ pub mod data;
 pub mod engine;
 pub mod model;
 pub mod params;
+pub mod pipeline;
+pub mod privacy;
 pub mod proto;
 pub mod rng;
 pub mod strategy;

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelSpec;
+use crate::pipeline::UpdateSpec;
 use crate::train::TrainPlan;
 
 /// Protocol version (the `/api/v{N}` prefix). Bumped by changes that break existing clients.
@@ -62,18 +63,24 @@ pub enum CheckInResponse {
         #[cfg_attr(feature = "openapi", schema(value_type = Object))]
         model: ModelSpec,
         upload_limit_bytes: usize,
+        /// What to do to the update before upload: clip, noise, compress
+        /// ([`crate::pipeline::prepare`]); the upload body is its encoding.
+        #[serde(default)]
+        update: UpdateSpec,
     },
     /// Not selected now (round full, closing, or its new version being stored).
     Retry { client_id: String, token: String, retry_after_ms: u64 },
+    /// The task takes no more rounds (e.g. its privacy budget is spent): stop checking in.
+    Done { client_id: String, token: String, reason: String },
 }
 
 impl CheckInResponse {
     /// The identity the server confirmed or issued, whichever the answer.
     pub fn identity(&self) -> (&str, &str) {
         match self {
-            CheckInResponse::Assigned { client_id, token, .. } | CheckInResponse::Retry { client_id, token, .. } => {
-                (client_id, token)
-            }
+            CheckInResponse::Assigned { client_id, token, .. }
+            | CheckInResponse::Retry { client_id, token, .. }
+            | CheckInResponse::Done { client_id, token, .. } => (client_id, token),
         }
     }
 }

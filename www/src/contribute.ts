@@ -97,7 +97,10 @@ function handle(event: WorkerMessage): void {
       showTotals();
       $("backend").textContent = `${event.backend} (WebAssembly)`;
       $("local").textContent = `${event.local_loss.toFixed(4)} / ${(event.local_accuracy * 100).toFixed(1)}%`;
-      $("last-update").textContent = `${bytes(event.bytes_up)} sent, ${bytes(event.bytes_down)} received`;
+      const privacy = event.noise_std > 0 ? `, local DP noise σ=${event.noise_std.toPrecision(3)}` : "";
+      $("last-update").textContent =
+        `${bytes(event.bytes_up)} sent (${event.compression}${event.clipped ? ", clipped" : ""}${privacy}), ` +
+        `${bytes(event.bytes_down)} received`;
       $("timing").textContent =
         `download ${event.download_ms.toFixed(0)} ms · train ${event.train_ms.toFixed(0)} ms · upload ${event.upload_ms.toFixed(0)} ms`;
       const row = roundsBody.insertRow(0);

@@ -11,6 +11,8 @@ interface Saved extends SavedProgress {
   client_id: string | null;
   token: string | null;
   server: string;
+  /** Top-k error-feedback residual: what earlier rounds did not send yet. */
+  error_feedback?: Uint8Array;
 }
 
 const DB_NAME = "webfl";
@@ -57,6 +59,7 @@ async function start(command: Extract<WorkerCommand, { cmd: "start" }>): Promise
     } else if (event.type === "round") {
       saved.rounds += 1;
       saved.bytes_up += event.bytes_up;
+      saved.error_feedback = client.errorFeedback();
       void persist();
     }
     // The token stays in the worker: the page has no use for it.
@@ -64,6 +67,7 @@ async function start(command: Extract<WorkerCommand, { cmd: "start" }>): Promise
   });
   contributor = client;
   if (saved.client_id && saved.token) client.resume(saved.client_id, saved.token);
+  if (saved.error_feedback) client.restoreErrorFeedback(saved.error_feedback);
   const data = command.data;
   if (data.kind === "demo") {
     await client.useDemoPartition(data.partition, data.client, data.of, data.seed ?? 0);

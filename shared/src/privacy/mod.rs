@@ -1,0 +1,3 @@
+//! Differential privacy: accounting of what the noise added to training buys in (ε, δ).
+
+pub mod accountant;
