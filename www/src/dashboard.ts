@@ -37,6 +37,11 @@ interface Status {
   test_accuracy: number | null;
   clients_connected: number;
   open_round: number | null;
+  /** Encoded update bytes accepted so far, and the codec clients use. */
+  bytes_up_total: number;
+  compression: string;
+  /** ε spent so far (null: the task has no differential privacy). */
+  privacy: { mode: string; epsilon: number | null; delta: number; target_epsilon: number | null } | null;
 }
 
 interface RoundRecord {
@@ -49,6 +54,8 @@ interface RoundRecord {
   closed_at_ms: number;
   test_loss: number | null;
   test_accuracy: number | null;
+  /** Encoded update bytes the round accepted. */
+  bytes_up: number;
 }
 
 interface ClientRecord {
@@ -97,7 +104,26 @@ function parseStatus(v: unknown): Status {
     test_accuracy: numOrNull(o, 'test_accuracy', w),
     clients_connected: num(o, 'clients_connected', w),
     open_round: numOrNull(o, 'open_round', w),
+    bytes_up_total: num(o, 'bytes_up_total', w),
+    compression: str(o, 'compression', w),
+    privacy: parsePrivacy(o['privacy']),
   };
+}
+
+function parsePrivacy(v: unknown): Status['privacy'] {
+  if (v === null || v === undefined) return null;
+  const w = 'status.privacy';
+  const o = asObj(v, w);
+  return {
+    mode: str(o, 'mode', w),
+    epsilon: numOrNull(o, 'epsilon', w),
+    delta: num(o, 'delta', w),
+    target_epsilon: numOrNull(o, 'target_epsilon', w),
+  };
+}
+
+function mib(bytes: number): string {
+  return bytes < 1024 * 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 function parseRounds(v: unknown): RoundRecord[] {
@@ -116,6 +142,7 @@ function parseRounds(v: unknown): RoundRecord[] {
       closed_at_ms: num(o, 'closed_at_ms', w),
       test_loss: numOrNull(o, 'test_loss', w),
       test_accuracy: numOrNull(o, 'test_accuracy', w),
+      bytes_up: typeof o['bytes_up'] === 'number' ? o['bytes_up'] : 0,
     };
   });
 }
@@ -365,6 +392,15 @@ function renderStatus(s: Status): void {
   setText('clients-connected', String(s.clients_connected));
   setText('open-round', s.open_round === null ? 'none' : `#${s.open_round}`);
   setText('updates-accepted', String(s.updates_accepted));
+  setText('bytes-up', `${mib(s.bytes_up_total)} (${s.compression})`);
+  const p = s.privacy;
+  setText(
+    'privacy',
+    p === null
+      ? 'off'
+      : `ε ${p.epsilon === null ? '–' : p.epsilon.toFixed(3)}${p.target_epsilon === null ? '' : ` / ${p.target_epsilon}`} (${p.mode}, δ ${p.delta})`,
+  );
+  document.body.dataset['epsilon'] = p?.epsilon === null || p === null ? '' : String(p.epsilon);
   document.title = `webfl · ${s.task} · v${s.model_version}`;
 }
 
@@ -387,14 +423,21 @@ function renderVersions(rounds: RoundRecord[]): void {
     const tr = document.createElement('tr');
     const v = cell('', 'num');
     v.append(versionLink(r.version));
-    tr.append(v, cell(String(r.round), 'num'), cell(pct(r.test_accuracy), 'num'), cell(fixed(r.test_loss, 4), 'num'), cell(formatTime(r.closed_at_ms)));
+    tr.append(
+      v,
+      cell(String(r.round), 'num'),
+      cell(pct(r.test_accuracy), 'num'),
+      cell(fixed(r.test_loss, 4), 'num'),
+      cell(mib(r.bytes_up), 'num'),
+      cell(formatTime(r.closed_at_ms)),
+    );
     rows.push(tr);
   }
   // Version 0 (the initial model) is stored too but has no round record.
   const tr = document.createElement('tr');
   const v = cell('', 'num');
   v.append(versionLink(0));
-  tr.append(v, cell('–', 'num'), cell('–', 'num'), cell('–', 'num'), cell('initial', 'muted'));
+  tr.append(v, cell('–', 'num'), cell('–', 'num'), cell('–', 'num'), cell('–', 'num'), cell('initial', 'muted'));
   rows.push(tr);
   tbody.replaceChildren(...rows);
 }
