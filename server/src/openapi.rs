@@ -39,6 +39,33 @@ pub(crate) struct StatusSchema {
     /// The round currently taking updates, if any.
     #[schema(required = true)]
     open_round: Option<u64>,
+    /// Encoded update bytes accepted since the server started.
+    bytes_up_total: u64,
+    /// The codec clients compress updates with (`none`, `q8`, `topk:F`, …).
+    compression: String,
+    /// Differential privacy spent so far; null when the task has none.
+    #[schema(required = true)]
+    privacy: Option<PrivacyStatusSchema>,
+}
+
+/// `privacy` in `GET /api/status`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(as = PrivacyStatus)]
+pub(crate) struct PrivacyStatusSchema {
+    /// `local` or `central`.
+    mode: String,
+    /// ε spent by the committed rounds (RDP accountant).
+    #[schema(required = true)]
+    epsilon: Option<f64>,
+    delta: f64,
+    /// The budget; rounds stop when the next would exceed it.
+    #[schema(required = true)]
+    target_epsilon: Option<f64>,
+    noise_multiplier: f64,
+    sampling_rate: f64,
+    /// Whether one more round fits the budget.
+    budget_left: bool,
 }
 
 /// A model or an update as safetensors bytes: F32 tensors with PyTorch `state_dict` names.
@@ -194,6 +221,9 @@ mod tests {
             "test_accuracy",
             "clients_connected",
             "open_round",
+            "bytes_up_total",
+            "compression",
+            "privacy",
         ];
         assert_eq!(status, want.into_iter().collect());
 
