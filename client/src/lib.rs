@@ -67,3 +67,46 @@ impl From<ClientError> for JsValue {
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
+
+/// Encode and decode throughput of `compression` (`none`, `q8`, `topk:0.1`, …) in this browser, on
+/// a `len`-value Gaussian update (1,663,370 for the CNN), each timed for about `millis` ms. MB/s
+/// are of the dense f32 input, so codecs compare directly; `bytes` is one encoded update's size.
+#[wasm_bindgen(
+    js_name = benchCodec,
+    unchecked_return_type = "{ compression: string; bytes: number; encode_mb_s: number; decode_mb_s: number }"
+)]
+pub fn bench_codec(compression: &str, len: usize, millis: f64) -> Result<JsValue, JsError> {
+    use rand_distr::{Distribution, StandardNormal};
+    use webfl_shared::codec::{self, Compression, ErrorFeedback};
+    let how: Compression = compression.parse().map_err(|e| JsError::new(&format!("{e}")))?;
+    let mut rng = webfl_shared::rng::derive(0, &[]);
+    let update: Vec<f32> = (0..len)
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            (z * 1e-3) as f32
+        })
+        .collect();
+    let mut memory = how.uses_error_feedback().then(|| ErrorFeedback::new(len));
+    let mb = (len * 4) as f64 / 1e6;
+    let timed = |f: &mut dyn FnMut() -> Result<(), JsError>| -> Result<f64, JsError> {
+        let (start, mut runs) = (net::now_ms(), 0u32);
+        while runs == 0 || net::now_ms() - start < millis {
+            f()?;
+            runs += 1;
+        }
+        Ok(mb * f64::from(runs) / ((net::now_ms() - start).max(1e-3) / 1e3))
+    };
+    let mut encoded = Vec::new();
+    let encode_mb_s = timed(&mut || {
+        encoded = codec::encode(&update, &how, memory.as_mut(), &mut rng).map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(())
+    })?;
+    let decode_mb_s = timed(&mut || {
+        codec::decode(&encoded, len).map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(())
+    })?;
+    let result = serde_json::json!({
+        "compression": how.to_string(), "bytes": encoded.len(), "encode_mb_s": encode_mb_s, "decode_mb_s": decode_mb_s
+    });
+    Ok(js_sys::JSON::parse(&result.to_string()).unwrap_or(JsValue::NULL))
+}

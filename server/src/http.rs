@@ -885,7 +885,7 @@ async fn accept_upload(
             settled
         };
         tracing::info!(round, client, aggregate_us = started.elapsed().as_micros() as u64, "update aggregated");
-        Ok::<_, AppError>(settled)
+        Ok::<_, AppError>((settled, body_len))
     })();
     let settled = {
         let mut inner = state.lock();
@@ -893,10 +893,11 @@ async fn accept_upload(
             c.last_seen_ms = now;
             c.assigned.take().map(|(_, at)| now.saturating_sub(at))
         });
-        if let Err(e) = inner.store.record_contribution(&client, submitted.is_ok(), round_trip) {
+        let bytes = submitted.as_ref().map_or(0, |(_, n)| *n);
+        if let Err(e) = inner.store.record_contribution(&client, submitted.is_ok(), round_trip, bytes) {
             tracing::warn!(client, error = %e, "recording client health failed");
         }
-        let settled = submitted?;
+        let (settled, _) = submitted?;
         inner.metrics.updates_accepted += 1;
         settled
     };

@@ -102,6 +102,9 @@ pub struct ClientRecord {
     pub rounds_completed: u64,
     pub failures: u64,
     pub last_round_trip_ms: Option<u64>,
+    /// Encoded update bytes this client has had accepted.
+    #[serde(default)]
+    pub bytes_up: u64,
 }
 
 pub struct Store {
@@ -178,6 +181,7 @@ impl Store {
             conn.execute_batch(
                 "BEGIN;
                  ALTER TABLE rounds ADD COLUMN bytes_up INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE clients ADD COLUMN bytes_up INTEGER NOT NULL DEFAULT 0;
                  PRAGMA user_version = 2;
                  COMMIT;",
             )?;
@@ -308,26 +312,34 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Counts a finished (`ok`) or failed contribution and its round-trip time.
+    /// Counts a finished (`ok`, with its encoded size) or failed contribution and its round trip.
     pub fn record_contribution(
         &self,
         task: &str,
         client_id: &str,
         ok: bool,
         round_trip_ms: Option<u64>,
+        bytes_up: u64,
     ) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE clients SET rounds_completed = rounds_completed + ?3, failures = failures + ?4,
-                 last_round_trip_ms = COALESCE(?5, last_round_trip_ms)
+                 last_round_trip_ms = COALESCE(?5, last_round_trip_ms), bytes_up = bytes_up + ?6
              WHERE task = ?1 AND client_id = ?2",
-            params![task, client_id, i64::from(ok), i64::from(!ok), round_trip_ms.map(|v| v as i64)],
+            params![
+                task,
+                client_id,
+                i64::from(ok),
+                i64::from(!ok),
+                round_trip_ms.map(|v| v as i64),
+                if ok { bytes_up as i64 } else { 0 }
+            ],
         )?;
         Ok(())
     }
 
     pub fn clients(&self, task: &str) -> Result<Vec<ClientRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT client_id, first_seen_ms, last_seen_ms, rounds_completed, failures, last_round_trip_ms
+            "SELECT client_id, first_seen_ms, last_seen_ms, rounds_completed, failures, last_round_trip_ms, bytes_up
              FROM clients WHERE task = ?1 ORDER BY last_seen_ms DESC",
         )?;
         let rows = stmt.query_map([task], |r| {
@@ -338,6 +350,7 @@ impl Store {
                 rounds_completed: r.get::<_, i64>(3)? as u64,
                 failures: r.get::<_, i64>(4)? as u64,
                 last_round_trip_ms: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                bytes_up: r.get::<_, i64>(6)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -364,7 +377,13 @@ pub trait TaskStore: Send {
     /// Creates or refreshes a client (its token is kept only as a hash).
     fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()>;
     /// Counts an accepted (`ok`) or refused upload, with the round trip from assignment to upload.
-    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()>;
+    fn record_contribution(
+        &mut self,
+        client_id: &str,
+        ok: bool,
+        round_trip_ms: Option<u64>,
+        bytes_up: u64,
+    ) -> anyhow::Result<()>;
     fn clients(&self) -> anyhow::Result<Vec<ClientRecord>>;
     /// `(client_id, token_hash)` of every known client, so tokens outlive a restart.
     fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>>;
@@ -434,6 +453,7 @@ impl TaskStore for MemoryStore {
                 rounds_completed: 0,
                 failures: 0,
                 last_round_trip_ms: None,
+                bytes_up: 0,
             };
             (token_hash.to_string(), record)
         });
@@ -441,7 +461,13 @@ impl TaskStore for MemoryStore {
         Ok(())
     }
 
-    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()> {
+    fn record_contribution(
+        &mut self,
+        client_id: &str,
+        ok: bool,
+        round_trip_ms: Option<u64>,
+        bytes_up: u64,
+    ) -> anyhow::Result<()> {
         if let Some((_, c)) = self.clients.get_mut(client_id) {
             if ok {
                 c.rounds_completed += 1;
@@ -449,6 +475,9 @@ impl TaskStore for MemoryStore {
                 c.failures += 1;
             }
             c.last_round_trip_ms = round_trip_ms.or(c.last_round_trip_ms);
+            if ok {
+                c.bytes_up += bytes_up;
+            }
         }
         Ok(())
     }
@@ -525,8 +554,14 @@ impl TaskStore for TaskDb {
         Ok(self.db.touch_client(&self.task, client_id, token_hash, now_ms)?)
     }
 
-    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()> {
-        Ok(self.db.record_contribution(&self.task, client_id, ok, round_trip_ms)?)
+    fn record_contribution(
+        &mut self,
+        client_id: &str,
+        ok: bool,
+        round_trip_ms: Option<u64>,
+        bytes_up: u64,
+    ) -> anyhow::Result<()> {
+        Ok(self.db.record_contribution(&self.task, client_id, ok, round_trip_ms, bytes_up)?)
     }
 
     fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {
@@ -613,7 +648,7 @@ mod tests {
             s.touch_client("mnist", "c1", "h", 2).unwrap();
             s.commit_version("mnist", 1, b"v1", &record(1, Some(1), RoundOutcome::Closed), r#"{"steps":1}"#).unwrap();
             s.record_abandoned("mnist", &record(2, None, RoundOutcome::Abandoned)).unwrap();
-            s.record_contribution("mnist", "c1", true, Some(1234)).unwrap();
+            s.record_contribution("mnist", "c1", true, Some(1234), 100).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.latest_version("mnist").unwrap(), Some(StoredVersion { version: 1, safetensors: b"v1".to_vec() }));
@@ -625,6 +660,7 @@ mod tests {
         assert_eq!(rounds, vec![record(1, Some(1), RoundOutcome::Closed), record(2, None, RoundOutcome::Abandoned)]);
         let clients = s.clients("mnist").unwrap();
         assert_eq!((clients[0].rounds_completed, clients[0].last_round_trip_ms), (1, Some(1234)));
+        assert_eq!(clients[0].bytes_up, 100);
         assert_eq!(s.client_tokens("mnist").unwrap(), vec![("c1".to_string(), "h".to_string())]);
     }
 

@@ -510,3 +510,32 @@ fn privacy_rejects_bad_input() {
     let neither = webfl_err(&["privacy", "--sampling-rate", "0.1", "--steps", "1"]);
     assert!(neither.contains("--noise-multiplier"), "{neither}");
 }
+
+/// Central DP and compression run through the same pipeline the server decodes with: the history
+/// records the bytes each round uploaded and the ε spent, which grows round by round and ends at
+/// the target it was derived from.
+#[test]
+fn simulate_with_central_dp_and_compression_records_bytes_and_epsilon() {
+    require_mnist();
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--model", "2nn", "--clients", "20", "--fraction", "0.5", "--rounds", "3", "--seed", "1"];
+    let mut args = common.to_vec();
+    args.extend(["--dp", "central", "--clip", "1.0", "--target-epsilon", "4", "--compress", "topk:0.1"]);
+    simulate(dir.path(), &args);
+    let rows = history(dir.path());
+    let eps: Vec<f64> = rows.iter().map(|r| number(r, "epsilon")).collect();
+    assert!(eps.windows(2).all(|w| w[0] < w[1]), "ε grows: {eps:?}");
+    assert!(eps[2] <= 4.0 && eps[2] > 3.99, "ε ends at the target: {eps:?}");
+    // 10 clients × top-10% of 199,210 parameters (index varints + f32 values) per round.
+    let bytes = number(&rows[0], "bytes_up");
+    assert!(bytes > 10.0 * 19_921.0 * 5.0 && bytes < 10.0 * 19_921.0 * 7.0, "bytes_up {bytes}");
+
+    let dense = tempfile::tempdir().unwrap();
+    simulate(dense.path(), &common);
+    let dense_rows = history(dense.path());
+    assert!(dense_rows[0]["epsilon"].is_null(), "no DP, no ε");
+    assert_eq!(number(&dense_rows[0], "bytes_up"), 10.0 * (199_210.0 * 4.0 + 5.0), "dense f32 plus a 5-byte header");
+
+    let err = simulate_err(dir.path(), &["--dp", "local", "--noise-multiplier", "1"]);
+    assert!(err.contains("--clip"), "{err}");
+}

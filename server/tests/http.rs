@@ -487,8 +487,14 @@ impl TaskStore for FailingStore {
         self.0.touch_client(client_id, token_hash, now_ms)
     }
 
-    fn record_contribution(&mut self, client_id: &str, ok: bool, round_trip_ms: Option<u64>) -> anyhow::Result<()> {
-        self.0.record_contribution(client_id, ok, round_trip_ms)
+    fn record_contribution(
+        &mut self,
+        client_id: &str,
+        ok: bool,
+        round_trip_ms: Option<u64>,
+        bytes_up: u64,
+    ) -> anyhow::Result<()> {
+        self.0.record_contribution(client_id, ok, round_trip_ms, bytes_up)
     }
 
     fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {

@@ -237,6 +237,15 @@ async function main() {
     await dash.screenshot({ path: join(OUT, "dashboard.png"), fullPage: true });
     check("the dashboard plots the accuracy curve", points >= MIN_ROUNDS, `${points} points; screenshot out/e2e/dashboard.png`);
 
+    // Update codecs in this browser (wasm): encode/decode MB/s on a CNN-sized update.
+    const codecs = await dash.evaluate(async () => {
+      const wasm = await import("/pkg/webfl_client.js");
+      await wasm.default();
+      const names = ["none", "q8", "topk:0.1", "topk:0.01", "topk:0.01+q8", "randk:0.1", "qsgd:16"];
+      return names.map((name) => wasm.benchCodec(name, 1663370, 250));
+    });
+    check("every codec runs in the browser", codecs.length === 7 && codecs.every((c) => c.encode_mb_s > 0 && c.decode_mb_s > 0));
+
     // Measurements.
     const events = [];
     for (const page of pages) events.push(...(await page.evaluate(() => window.webflLog.filter((e) => e.type === "round"))));
@@ -268,6 +277,7 @@ async function main() {
       wasm_bytes: wasm.length,
       wasm_gzip_bytes: gzipSync(wasm, { level: 9 }).length,
       server_peak_rss_mib: { before_kill: peak1, after_restart: peakMemoryMiB(server.pid) },
+      browser_codecs_cnn_update: codecs,
       rounds: rounds.map(({ round, outcome, version, selected, reports, test_accuracy, opened_at_ms, closed_at_ms }) => ({
         round, outcome, version, selected, reports, test_accuracy, duration_ms: closed_at_ms - opened_at_ms,
       })),

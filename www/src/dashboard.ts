@@ -65,6 +65,7 @@ interface ClientRecord {
   rounds_completed: number;
   failures: number;
   last_round_trip_ms: number | null;
+  bytes_up: number;
 }
 
 // Checked at run time so a server/dashboard mismatch shows up in the banner, not as NaN in a chart.
@@ -158,6 +159,7 @@ function parseClients(v: unknown): ClientRecord[] {
       rounds_completed: num(o, 'rounds_completed', w),
       failures: num(o, 'failures', w),
       last_round_trip_ms: numOrNull(o, 'last_round_trip_ms', w),
+      bytes_up: typeof o['bytes_up'] === 'number' ? o['bytes_up'] : 0,
     };
   });
 }
@@ -446,7 +448,7 @@ function renderClients(clients: ClientRecord[], serverNowMs: number): void {
   const tbody = byId('clients-table', HTMLTableElement).tBodies[0];
   if (!tbody) return;
   if (clients.length === 0) {
-    tbody.replaceChildren(placeholderRow(5, 'No clients yet.'));
+    tbody.replaceChildren(placeholderRow(6, 'No clients yet.'));
     return;
   }
   tbody.replaceChildren(
@@ -470,6 +472,7 @@ function renderClients(clients: ClientRecord[], serverNowMs: number): void {
         cell(String(c.rounds_completed), 'num'),
         cell(String(c.failures), 'num'),
         cell(c.last_round_trip_ms === null ? '–' : `${c.last_round_trip_ms} ms`, 'num'),
+        cell(mib(c.bytes_up), 'num'),
       );
       return tr;
     }),
