@@ -156,6 +156,9 @@ struct Metrics {
     /// Encoded update bytes accepted in the open round (moved into its record when it settles).
     bytes_up_this_round: u64,
     bytes_up_total: u64,
+    /// Model bytes served (downloads) in the open round and in total.
+    bytes_down_this_round: u64,
+    bytes_down_total: u64,
 }
 
 struct Inner {
@@ -307,10 +310,12 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 test_loss: None,
                 test_accuracy: None,
                 bytes_up: 0,
+                bytes_down: 0,
             };
             let mut inner = state.lock();
             inner.metrics.rounds_abandoned += 1;
             record.bytes_up = std::mem::take(&mut inner.metrics.bytes_up_this_round);
+            record.bytes_down = std::mem::take(&mut inner.metrics.bytes_down_this_round);
             if let Err(e) = inner.store.record_abandoned(&record) {
                 tracing::warn!(round, error = %e, "recording an abandoned round failed");
             }
@@ -355,11 +360,13 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 test_loss,
                 test_accuracy,
                 bytes_up: 0,
+                bytes_down: 0,
             };
             let eval_ms = eval_started.elapsed().as_millis() as u64;
             let store_started = Instant::now();
             let mut inner = state.lock();
             record.bytes_up = std::mem::take(&mut inner.metrics.bytes_up_this_round);
+            record.bytes_down = std::mem::take(&mut inner.metrics.bytes_down_this_round);
             inner.metrics.bytes_up_total += record.bytes_up;
             // The optimizer state after this round's step is part of the commit; the coordinator's
             // strategy has already taken that step when it produced the pending version.
@@ -757,10 +764,14 @@ fn parse_u64(what: &str, text: &str) -> Result<u64, AppError> {
 )]
 pub(crate) async fn model(State(state): State<AppState>, Path(version): Path<String>) -> Result<Response, AppError> {
     let version = parse_u64("the model version", &version)?;
-    let bytes = state.lock().store.get(version).map_err(|e| AppError::Internal(format!("reading the model: {e}")))?;
+    let mut inner = state.lock();
+    let bytes = inner.store.get(version).map_err(|e| AppError::Internal(format!("reading the model: {e}")))?;
     let Some(bytes) = bytes else {
         return Err(AppError::NotFound(format!("no model version {version}")));
     };
+    inner.metrics.bytes_down_this_round += bytes.len() as u64;
+    inner.metrics.bytes_down_total += bytes.len() as u64;
+    drop(inner);
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
         // A committed version never changes.
@@ -932,6 +943,7 @@ pub(crate) async fn status(State(state): State<AppState>) -> Response {
         "clients_connected": clients_connected,
         "open_round": inner.coordinator.open_round(),
         "bytes_up_total": inner.metrics.bytes_up_total,
+        "bytes_down_total": inner.metrics.bytes_down_total,
         "compression": state.task.update.compression.to_string(),
         "privacy": state.task.privacy.as_ref().map(|p| json!({
             "mode": p.mode,

@@ -41,6 +41,8 @@ pub(crate) struct StatusSchema {
     open_round: Option<u64>,
     /// Encoded update bytes accepted since the server started.
     bytes_up_total: u64,
+    /// Model bytes served since the server started.
+    bytes_down_total: u64,
     /// The codec clients compress updates with (`none`, `q8`, `topk:F`, …).
     compression: String,
     /// Differential privacy spent so far; null when the task has none.
@@ -222,6 +224,7 @@ mod tests {
             "clients_connected",
             "open_round",
             "bytes_up_total",
+            "bytes_down_total",
             "compression",
             "privacy",
         ];

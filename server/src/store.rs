@@ -84,6 +84,9 @@ pub struct RoundRecord {
     /// Encoded update bytes the round accepted.
     #[serde(default)]
     pub bytes_up: u64,
+    /// Model bytes served to clients while the round was open.
+    #[serde(default)]
+    pub bytes_down: u64,
 }
 
 /// A stored model version.
@@ -181,6 +184,7 @@ impl Store {
             conn.execute_batch(
                 "BEGIN;
                  ALTER TABLE rounds ADD COLUMN bytes_up INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE rounds ADD COLUMN bytes_down INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE clients ADD COLUMN bytes_up INTEGER NOT NULL DEFAULT 0;
                  PRAGMA user_version = 2;
                  COMMIT;",
@@ -268,7 +272,7 @@ impl Store {
     pub fn rounds(&self, task: &str) -> Result<Vec<RoundRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT round, outcome, version, selected, reports, opened_at_ms, closed_at_ms, test_loss, test_accuracy,
-                    bytes_up
+                    bytes_up, bytes_down
              FROM rounds WHERE task = ?1 ORDER BY round",
         )?;
         let rows = stmt.query_map([task], |r| {
@@ -284,6 +288,7 @@ impl Store {
                 test_loss: r.get(7)?,
                 test_accuracy: r.get(8)?,
                 bytes_up: r.get::<_, i64>(9)? as u64,
+                bytes_down: r.get::<_, i64>(10)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -600,8 +605,8 @@ fn insert_version(
 fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO rounds (task, round, outcome, version, selected, reports, opened_at_ms, closed_at_ms,
-                             test_loss, test_accuracy, bytes_up)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                             test_loss, test_accuracy, bytes_up, bytes_down)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             task,
             r.round as i64,
@@ -613,7 +618,8 @@ fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), St
             r.closed_at_ms as i64,
             r.test_loss,
             r.test_accuracy,
-            r.bytes_up as i64
+            r.bytes_up as i64,
+            r.bytes_down as i64
         ],
     )?;
     Ok(())
@@ -635,6 +641,7 @@ mod tests {
             test_loss: version.map(|_| 0.5),
             test_accuracy: version.map(|_| 0.9),
             bytes_up: 0,
+            bytes_down: 0,
         }
     }
 

@@ -685,6 +685,9 @@ async fn a_private_compressed_task_spends_its_budget_then_stops() {
     // Two Q8 updates: about a quarter of two dense f32 ones.
     let dense_bytes = 8.0 * global.len() as f64;
     assert!((rounds[0]["bytes_up"].as_u64().unwrap() as f64) < 0.3 * dense_bytes, "{rounds}");
+    // The one model download of the round is counted too.
+    assert!(rounds[0]["bytes_down"].as_u64().unwrap() >= 4 * global.len() as u64, "{rounds}");
+    assert_eq!(s["bytes_down_total"], rounds[0]["bytes_down"], "{s}");
 
     let again = checkin_as(&app, &a).await;
     assert_eq!(again["status"], "done", "{again}");

@@ -39,6 +39,7 @@ interface Status {
   open_round: number | null;
   /** Encoded update bytes accepted so far, and the codec clients use. */
   bytes_up_total: number;
+  bytes_down_total: number;
   compression: string;
   /** ε spent so far (null: the task has no differential privacy). */
   privacy: { mode: string; epsilon: number | null; delta: number; target_epsilon: number | null } | null;
@@ -106,6 +107,7 @@ function parseStatus(v: unknown): Status {
     clients_connected: num(o, 'clients_connected', w),
     open_round: numOrNull(o, 'open_round', w),
     bytes_up_total: num(o, 'bytes_up_total', w),
+    bytes_down_total: num(o, 'bytes_down_total', w),
     compression: str(o, 'compression', w),
     privacy: parsePrivacy(o['privacy']),
   };
@@ -394,7 +396,7 @@ function renderStatus(s: Status): void {
   setText('clients-connected', String(s.clients_connected));
   setText('open-round', s.open_round === null ? 'none' : `#${s.open_round}`);
   setText('updates-accepted', String(s.updates_accepted));
-  setText('bytes-up', `${mib(s.bytes_up_total)} (${s.compression})`);
+  setText('bytes-up', `↑ ${mib(s.bytes_up_total)} (${s.compression}) · ↓ ${mib(s.bytes_down_total)}`);
   const p = s.privacy;
   setText(
     'privacy',
