@@ -57,11 +57,11 @@ function freePort() {
 }
 
 /** Starts `webfl serve`; resolves once it prints its address. */
-function startServer(port, dataDir, logName) {
+function startServer(port, dataDir, logName, task = "tests/e2e/task.toml") {
   const log = createWriteStream(join(OUT, logName));
   const child = spawn(
     BIN,
-    ["serve", "--port", String(port), "--data", dataDir, "--www", join(ROOT, "www/dist"), "--config", join(ROOT, "tests/e2e/task.toml")],
+    ["serve", "--port", String(port), "--data", dataDir, "--www", join(ROOT, "www/dist"), "--config", join(ROOT, task)],
     { cwd: ROOT, env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] },
   );
   child.stderr.pipe(log);
@@ -246,7 +246,7 @@ async function main() {
     });
     check("every codec runs in the browser", codecs.length === 7 && codecs.every((c) => c.encode_mb_s > 0 && c.decode_mb_s > 0));
 
-    // Measurements.
+    // Measurements (the main run's pages are closed after this).
     const events = [];
     for (const page of pages) events.push(...(await page.evaluate(() => window.webflLog.filter((e) => e.type === "round"))));
     const rounds = await api("/api/rounds");
@@ -283,6 +283,48 @@ async function main() {
       })),
       checks,
     };
+    // 7. A private, compressed task (tests/e2e/private-task.toml): local DP + top-10% with error
+    // feedback; the bytes per upload and ε must show on the client and on the dashboard.
+    for (const page of pages.splice(0)) await page.close();
+    const privatePort = await freePort();
+    const privateDir = mkdtempSync(join(tmpdir(), "webfl-e2e-private-"));
+    const privateServer = await startServer(privatePort, privateDir, "server-private.log", "tests/e2e/private-task.toml");
+    try {
+      const pbase = `http://127.0.0.1:${privatePort}`;
+      for (let i = 0; i < PAGES; i++) {
+        const page = await context.newPage();
+        page.on("pageerror", (e) => pageErrors.push(`private page ${i}: ${e.message}`));
+        await page.goto(`${pbase}/?partition=iid&client=${i}&of=${PAGES}&autostart=1`);
+        pages.push(page);
+      }
+      const pstatus = async () => (await fetch(`${pbase}/api/status`)).json();
+      await waitFor("2 private rounds", async () => (await pstatus()).rounds_completed >= 2, 120_000);
+      const privateEvents = await pages[0].evaluate(() => window.webflLog.filter((e) => e.type === "round"));
+      const first = privateEvents[0];
+      const dense = 199210 * 4;
+      check(
+        "the browser clips, noises and top-k compresses its update",
+        first.compression === "topk:0.1" && first.clipped && first.noise_std > 0 && first.bytes_up < 0.15 * dense,
+        `${first.bytes_up} bytes per upload (dense f32: ${dense}), update norm ${first.update_norm.toFixed(2)} clipped to 1, noise σ ${first.noise_std}`,
+      );
+      const pdash = await context.newPage();
+      await pdash.goto(`${pbase}/dashboard`);
+      const eps = await waitFor("the dashboard to show ε", () =>
+        pdash.evaluate(() => Number(document.body.dataset.epsilon) || undefined),
+      30_000);
+      await pdash.screenshot({ path: join(OUT, "dashboard-private.png"), fullPage: true });
+      const ps = await pstatus();
+      check(
+        "ε spent and bytes uploaded are reported",
+        eps > 0 && ps.privacy.epsilon === eps && ps.bytes_up_total > 0,
+        `ε ${eps.toFixed(1)} at δ ${ps.privacy.delta} after ${ps.rounds_completed} rounds; ${ps.bytes_up_total} bytes up; out/e2e/dashboard-private.png`,
+      );
+      report.private_task = { bytes_up_per_update: first.bytes_up, epsilon: eps, rounds: ps.rounds_completed };
+    } finally {
+      privateServer.kill("SIGKILL");
+      rmSync(privateDir, { recursive: true, force: true });
+    }
+
     writeFileSync(join(OUT, "report.json"), JSON.stringify(report, null, 2));
     console.log(JSON.stringify({ ...report, rounds: undefined, checks: undefined }, null, 2));
   } finally {

@@ -402,7 +402,7 @@ function renderStatus(s: Status): void {
     'privacy',
     p === null
       ? 'off'
-      : `ε ${p.epsilon === null ? '–' : p.epsilon.toFixed(3)}${p.target_epsilon === null ? '' : ` / ${p.target_epsilon}`} (${p.mode}, δ ${p.delta})`,
+      : `ε ${p.epsilon === null ? '–' : p.epsilon.toPrecision(4)}${p.target_epsilon === null ? '' : ` / ${p.target_epsilon}`} (${p.mode}, δ ${p.delta})`,
   );
   document.body.dataset['epsilon'] = p?.epsilon === null || p === null ? '' : String(p.epsilon);
   document.title = `webfl · ${s.task} · v${s.model_version}`;
