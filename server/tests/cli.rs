@@ -255,7 +255,7 @@ fn compare_runs_every_combination_and_summarises_them() {
 
     let summary = read(&out.join("summary.csv"));
     let lines: Vec<&str> = summary.lines().collect();
-    assert_eq!(lines[0], "configuration,final_accuracy,best_accuracy,rounds_to_target");
+    assert_eq!(lines[0], "configuration,final_accuracy,best_accuracy,rounds_to_target,bytes_per_update,epsilon");
     // Labels are quoted CSV fields (they may contain commas).
     let mut labels: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap().trim_matches('"')).collect();
     labels.sort_unstable();
@@ -270,9 +270,11 @@ fn compare_runs_every_combination_and_summarises_them() {
     );
     for line in &lines[1..] {
         let cells: Vec<&str> = line.split(',').collect();
-        assert_eq!(cells.len(), 4, "{line}");
+        assert_eq!(cells.len(), 6, "{line}");
         let reach = cells[3];
         assert!(reach == ">2" || ["1", "2"].contains(&reach), "rounds_to_target {reach:?} in {line}");
+        // Dense f32 updates of the 2NN (plus the 5-byte codec header); no DP, so no ε.
+        assert_eq!((cells[4], cells[5]), ("796845", ""), "{line}");
     }
 
     let mut runs: Vec<PathBuf> =
