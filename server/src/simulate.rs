@@ -26,7 +26,7 @@ use webfl_shared::params::Params;
 use webfl_shared::pipeline::{self, DpMode, UpdateSpec};
 use webfl_shared::privacy::accountant;
 use webfl_shared::rng::derive;
-use webfl_shared::strategy::{AdaptiveClipping, CentralDpConfig, Strategy, StrategyConfig, StrategyKind};
+use webfl_shared::strategy::{CentralDpConfig, Strategy, StrategyConfig, StrategyKind};
 use webfl_shared::train::{Backend, CpuBackend, EvalStats, TrainPlan};
 
 use crate::{datasets, plot};
@@ -201,33 +201,23 @@ impl SimConfig {
         }
     }
 
-    /// The client half of the pipeline, and central DP's settings for the server half.
-    pub fn update_pipeline(&self) -> Result<(UpdateSpec, Option<CentralDpConfig>)> {
-        let clip = || self.clip.with_context(|| format!("--dp {} needs --clip S", self.dp));
-        let mut spec = UpdateSpec {
-            clip: self.clip,
-            per_layer: self.per_layer_clip,
-            noise_std: 0.0,
-            compression: self.compress.clone(),
-        };
-        let central = match self.dp {
-            DpMode::Off => None,
-            DpMode::Local => {
-                spec.noise_std = self.noise_multiplier()? * 2.0 * clip()?;
-                None
-            }
-            DpMode::Central => Some(CentralDpConfig {
-                clip: clip()?,
-                noise_multiplier: self.noise_multiplier()?,
-                expected_clients: self.clients_per_round(),
-                adaptive: self.adaptive_clip.then(AdaptiveClipping::default),
-            }),
-        };
-        if self.adaptive_clip && self.dp != DpMode::Central {
-            bail!("--adaptive-clip applies to --dp central only");
+    /// The client half of the pipeline, central DP's settings for the server half, and the
+    /// noise multiplier (`None` without DP).
+    pub fn update_pipeline(&self) -> Result<(UpdateSpec, Option<CentralDpConfig>, Option<f64>)> {
+        if self.dp != DpMode::Off && self.clip.is_none() {
+            bail!("--dp {} needs --clip S", self.dp);
         }
-        spec.validate()?;
-        Ok((spec, central))
+        let z = if self.dp == DpMode::Off { None } else { Some(self.noise_multiplier()?) };
+        let (spec, central) = pipeline::privacy_stages(
+            self.dp,
+            self.clip,
+            self.per_layer_clip,
+            z.unwrap_or(0.0),
+            self.adaptive_clip,
+            self.clients_per_round(),
+            self.compress.clone(),
+        )?;
+        Ok((spec, central, z))
     }
 
     fn validate(&self) -> Result<()> {
@@ -244,7 +234,7 @@ impl SimConfig {
         if !(self.delta > 0.0 && self.delta < 1.0) {
             bail!("--delta must be in (0, 1), got {}", self.delta);
         }
-        let (_, central) = self.update_pipeline()?;
+        let (_, central, _) = self.update_pipeline()?;
         let mut strategy = self.strategy_config();
         strategy.central_dp = central;
         strategy.validate()?;
@@ -358,8 +348,7 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
     let Split { train, test } = &prepared.split;
     let spec = resolve_model(cfg, train)?;
     let plan = cfg.plan();
-    let (update_spec, central_dp) = cfg.update_pipeline()?;
-    let noise_multiplier = if cfg.dp == DpMode::Off { None } else { Some(cfg.noise_multiplier()?) };
+    let (update_spec, central_dp, noise_multiplier) = cfg.update_pipeline()?;
     let mut strategy_config = cfg.strategy_config();
     strategy_config.central_dp = central_dp;
     let mut strategy: Strategy = strategy_config.build()?;
@@ -401,7 +390,7 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
         let mut selected = sample(&mut select_rng, cfg.clients, per_round).into_vec();
         selected.retain(|&c| !client_data[c].is_empty());
         let taken: Vec<Option<ErrorFeedback>> = selected.iter().map(|&c| memories[c].take()).collect();
-        let results: Vec<(Vec<u8>, webfl_shared::train::TrainStats, Option<ErrorFeedback>)> = selected
+        let mut results: Vec<(Vec<u8>, webfl_shared::train::TrainStats, Option<ErrorFeedback>)> = selected
             .par_iter()
             .zip(taken)
             .map(|(&c, mut memory)| -> Result<_> {
@@ -417,12 +406,12 @@ pub fn run(cfg: &SimConfig, prepared: &Prepared, label: &str, show_table: bool) 
             })
             .collect::<Result<_>>()?;
         let mut bytes_up = 0;
-        for (&c, (body, stats, memory)) in selected.iter().zip(&results) {
+        for (&c, (body, stats, memory)) in selected.iter().zip(&mut results) {
             // The server half: decode exactly as `webfl serve` does.
             let update = pipeline::decode(body, global.layout().clone(), &update_spec)?;
             strategy.add(&update, stats.examples as f64)?;
             bytes_up += body.len();
-            memories[c] = memory.clone();
+            memories[c] = memory.take();
             participations[c] += 1;
         }
         let epsilon = match noise_multiplier {

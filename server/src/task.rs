@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 use webfl_shared::codec::Compression;
 use webfl_shared::data::csv::CsvOptions;
 use webfl_shared::model;
-use webfl_shared::pipeline::{DpMode, UpdateSpec};
+use webfl_shared::pipeline::{self, DpMode, UpdateSpec};
 use webfl_shared::privacy::accountant;
 use webfl_shared::proto::DatasetInfo;
+use webfl_shared::strategy::CentralDpConfig;
 use webfl_shared::strategy::StrategyConfig;
-use webfl_shared::strategy::{AdaptiveClipping, CentralDpConfig};
 use webfl_shared::train::TrainPlan;
 
 use crate::datasets;
@@ -168,17 +168,22 @@ impl TaskConfig {
     /// The clients' update spec, central DP for the strategy, and the privacy budget.
     pub fn update_pipeline(&self) -> Result<(UpdateSpec, Option<CentralDpConfig>, Option<PrivacyBudget>)> {
         let p = &self.privacy;
-        let mut spec = UpdateSpec {
-            clip: p.clip,
-            per_layer: p.per_layer_clip,
-            noise_std: 0.0,
-            compression: self.compression.clone(),
+        let stages = |z| {
+            pipeline::privacy_stages(
+                p.mode,
+                p.clip,
+                p.per_layer_clip,
+                z,
+                p.adaptive_clip,
+                self.rounds.target_reports,
+                self.compression.clone(),
+            )
         };
         if p.mode == DpMode::Off {
-            spec.validate()?;
+            let (spec, _) = stages(0.0)?;
             return Ok((spec, None, None));
         }
-        let clip = p.clip.with_context(|| format!("privacy.mode = {} needs privacy.clip", p.mode))?;
+        anyhow::ensure!(p.clip.is_some(), "privacy.mode = {} needs privacy.clip", p.mode);
         let sampling_rate = match p.mode {
             DpMode::Central => {
                 let population =
@@ -198,19 +203,7 @@ impl TaskConfig {
             }
             _ => anyhow::bail!("privacy needs noise_multiplier, or target_epsilon with max_rounds"),
         };
-        let central = match p.mode {
-            DpMode::Local => {
-                spec.noise_std = z * 2.0 * clip;
-                None
-            }
-            _ => Some(CentralDpConfig {
-                clip,
-                noise_multiplier: z,
-                expected_clients: self.rounds.target_reports,
-                adaptive: p.adaptive_clip.then(AdaptiveClipping::default),
-            }),
-        };
-        spec.validate()?;
+        let (spec, central) = stages(z)?;
         let budget = PrivacyBudget {
             mode: p.mode.to_string(),
             noise_multiplier: z,

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use crate::codec::{self, CodecError, Compression, ErrorFeedback};
 use crate::params::{Layout, Params};
 use crate::rng::Rng;
+use crate::strategy::{AdaptiveClipping, CentralDpConfig};
 
 /// Content type of an upload body in the pipeline's encoding (see [`crate::codec`]).
 pub const UPDATE_CONTENT_TYPE: &str = "application/x-webfl-update";
@@ -121,6 +122,42 @@ impl UpdateSpec {
     }
 }
 
+/// Derives both halves of differential privacy from one description: the clients'
+/// [`UpdateSpec`] (clip, and for local DP noise of std `z · 2S`, since a clipped update can move
+/// by 2S when the client's data changes) and, for central DP, the server's DP-FedAvg stage.
+/// `noise_multiplier` is z, already resolved by the caller (from a target ε at its own sampling
+/// rate); it is ignored when `mode` is off. Callers name their own flags for a missing clip.
+pub fn privacy_stages(
+    mode: DpMode,
+    clip: Option<f64>,
+    per_layer: bool,
+    noise_multiplier: f64,
+    adaptive_clip: bool,
+    expected_clients: usize,
+    compression: Compression,
+) -> Result<(UpdateSpec, Option<CentralDpConfig>), PipelineError> {
+    if adaptive_clip && mode != DpMode::Central {
+        return Err(PipelineError::BadSpec("adaptive clipping applies to central DP only".into()));
+    }
+    let mut spec = UpdateSpec { clip, per_layer, noise_std: 0.0, compression };
+    let central = match (mode, clip) {
+        (DpMode::Off, _) => None,
+        (_, None) => return Err(PipelineError::BadSpec(format!("DP mode {mode} needs a clip bound"))),
+        (DpMode::Local, Some(s)) => {
+            spec.noise_std = noise_multiplier * 2.0 * s;
+            None
+        }
+        (DpMode::Central, Some(s)) => Some(CentralDpConfig {
+            clip: s,
+            noise_multiplier,
+            expected_clients,
+            adaptive: adaptive_clip.then(AdaptiveClipping::default),
+        }),
+    };
+    spec.validate()?;
+    Ok((spec, central))
+}
+
 /// A prepared upload and what the client should know about it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prepared {
@@ -146,11 +183,10 @@ pub fn prepare(
     if !delta.all_finite() {
         return Err(PipelineError::NonFinite);
     }
-    let norm = delta.l2_norm();
-    let clipped = match spec.clip {
-        Some(bound) if spec.per_layer => clip_per_layer(delta, bound),
-        Some(bound) => clip_l2(delta.as_mut_slice(), bound).1,
-        None => false,
+    let (norm, clipped) = match spec.clip {
+        Some(bound) if spec.per_layer => (delta.l2_norm(), clip_per_layer(delta, bound)),
+        Some(bound) => clip_l2(delta.as_mut_slice(), bound),
+        None => (delta.l2_norm(), false),
     };
     if spec.noise_std > 0.0 {
         add_gaussian_noise(delta.as_mut_slice(), spec.noise_std, noise);
