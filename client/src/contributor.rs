@@ -85,7 +85,7 @@ impl Contributor {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let task = inner.load_task().await?;
-            Ok(serde_wasm_json(&task))
+            Ok(crate::events::to_js(&task))
         })
     }
 
@@ -167,10 +167,6 @@ impl Contributor {
     pub fn use_dataset(&self, data: Dataset, source: &str) -> usize {
         self.inner.set_data(data, source.to_string())
     }
-}
-
-fn serde_wasm_json<T: serde::Serialize>(value: &T) -> JsValue {
-    serde_json::to_string(value).ok().and_then(|t| js_sys::JSON::parse(&t).ok()).unwrap_or(JsValue::NULL)
 }
 
 /// How one pass of the loop ended.

@@ -80,10 +80,12 @@ impl Event {
 
     /// The event as a plain JS object.
     pub fn to_js(&self) -> JsValue {
-        // Only numbers, strings and booleans: serialising cannot fail, and non-finite losses
-        // become null rather than invalid JSON.
-        let text = serde_json::to_string(self)
-            .unwrap_or_else(|e| format!(r#"{{"type":"error","message":"event not serialisable: {e}","fatal":false}}"#));
-        js_sys::JSON::parse(&text).unwrap_or(JsValue::NULL)
+        to_js(self)
     }
+}
+
+/// Any serialisable value as a plain JS object, through JSON (only numbers, strings and
+/// booleans travel here; non-finite numbers become null). `null` if it cannot be serialised.
+pub(crate) fn to_js<T: Serialize + ?Sized>(value: &T) -> JsValue {
+    serde_json::to_string(value).ok().and_then(|text| js_sys::JSON::parse(&text).ok()).unwrap_or(JsValue::NULL)
 }

@@ -108,5 +108,5 @@ pub fn bench_codec(compression: &str, len: usize, millis: f64) -> Result<JsValue
     let result = serde_json::json!({
         "compression": how.to_string(), "bytes": encoded.len(), "encode_mb_s": encode_mb_s, "decode_mb_s": decode_mb_s
     });
-    Ok(js_sys::JSON::parse(&result.to_string()).unwrap_or(JsValue::NULL))
+    Ok(events::to_js(&result))
 }

@@ -130,15 +130,11 @@ impl CentralDp {
 
     /// Clips one update to the current C (returns `None` if already within) and counts it.
     pub(crate) fn clip_update(&mut self, update: &Params) -> Option<Params> {
-        let norm = update.l2_norm();
-        if norm <= self.clip {
+        let clipped = super::clip_to_norm(update, self.clip);
+        if clipped.is_none() {
             self.unclipped += 1;
-            return None;
         }
-        let mut clipped = update.clone();
-        let factor = self.clip / norm;
-        clipped.as_mut_slice().iter_mut().for_each(|v| *v = (f64::from(*v) * factor) as f32);
-        Some(clipped)
+        clipped
     }
 
     /// Fails (changing nothing) when there is no noise source, so a round is never drained

@@ -266,7 +266,7 @@ impl Strategy {
 /// `Some(Δ · S/‖Δ‖)` when `‖Δ‖ > S`, `None` when the update is already within the bound
 /// (Sun et al. 2019). The scaling is done in f64 so the result lands on the bound up to f32
 /// rounding.
-fn clip_to_norm(update: &Params, bound: f64) -> Option<Params> {
+pub(crate) fn clip_to_norm(update: &Params, bound: f64) -> Option<Params> {
     let norm = update.l2_norm();
     if norm <= bound {
         return None;
