@@ -10,6 +10,7 @@
 //! APIs used (`fetch`, timers, crypto), bound through the global scope so worker and page share
 //! them. `local` and `data` are free of browser APIs and tested natively as well.
 
+pub mod bench;
 pub mod contributor;
 pub mod data;
 pub mod events;
