@@ -6,6 +6,8 @@
 pub mod codec;
 pub mod data;
 pub mod engine;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod model;
 pub mod params;
 pub mod pipeline;

@@ -75,6 +75,9 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Params(#[from] crate::params::ParamsError),
+    /// A failure of the device running a non-CPU backend (lost, out of memory, ...).
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 /// Stochastic gradient descent with PyTorch's `torch.optim.SGD` semantics (dampening 0, no
