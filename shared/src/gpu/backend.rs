@@ -953,3 +953,30 @@ impl crate::train::Backend for GpuBackend {
         super::block_on(GpuBackend::evaluate(self, params, data)).map_err(to_train_error)
     }
 }
+
+/// `C[m,n] = A·B` with A and B read through (row, column) strides: for the conformance suite.
+#[doc(hidden)]
+pub async fn matmul_strided(
+    ctx: &GpuContext,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) -> Result<Vec<f32>, GpuError> {
+    let kern = Kernels::new(&ctx.device, &ctx.limits)?;
+    let (ab, bb) = (storage(ctx, "a", (a.len() * 4) as u64), storage(ctx, "b", (b.len() * 4) as u64));
+    let cb = storage(ctx, "c", (m * n * 4) as u64);
+    ctx.queue.write_buffer(&ab, 0, bytemuck::cast_slice(a));
+    ctx.queue.write_buffer(&bb, 0, bytemuck::cast_slice(b));
+    let mut r = Recorder { k: &kern, items: Vec::new() };
+    r.matmul((m, n, k), (&ab, 0, a_rs, a_cs), (&bb, 0, b_rs, b_cs), None, (&cb, 0, n))?;
+    let d = r.finish(ctx);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        kern.record(&mut pass, &d[0]);
+    }
+    ctx.queue.submit([enc.finish()]);
+    ctx.read_f32(&cb, 0, m * n).await
+}

@@ -8,6 +8,8 @@ pub mod conformance;
 mod context;
 mod kernels;
 
+#[doc(hidden)]
+pub use backend::matmul_strided;
 pub use backend::{GpuBackend, GpuFault, bench_matmul};
 pub use context::GpuContext;
 
