@@ -559,7 +559,7 @@ impl GpuBackend {
 
     /// Pops error scopes pushed by [`Self::scopes`] and turns what they caught into errors.
     async fn pop_scopes(&self, scopes: (wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard)) -> Result<(), GpuError> {
-        let (oom, val) = scopes;
+        let (val, oom) = scopes;
         let v = val.pop().await;
         let o = oom.pop().await;
         self.ctx.check_lost()?;
@@ -572,10 +572,11 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// (validation, out-of-memory): tuple fields drop in order, and scopes must pop in reverse.
     fn scopes(&self) -> (wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard) {
         let oom = self.ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        (oom, val)
+        (val, oom)
     }
 
     fn inject(&mut self) {
@@ -914,10 +915,11 @@ pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64
     run(reps.max(1));
     ctx.finish().await?;
     let ms = GpuContext::now_ms() - t0;
-    if let Some(e) = scopes.1.pop().await {
+    let (val, oom) = scopes;
+    if let Some(e) = val.pop().await {
         return Err(GpuError::Validation(e.to_string()));
     }
-    if let Some(e) = scopes.0.pop().await {
+    if let Some(e) = oom.pop().await {
         return Err(GpuError::OutOfMemory(e.to_string()));
     }
     Ok(2.0 * (n as f64).powi(3) * reps.max(1) as f64 / (ms.max(1e-3) * 1e6))
