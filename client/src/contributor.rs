@@ -21,7 +21,7 @@ use webfl_shared::train::TrainPlan;
 use crate::ClientError;
 use crate::data::{self, DemoPartition};
 use crate::events::{Event, Phase, RoundReport};
-use crate::local::Trainer;
+use crate::local::{Preference, Trainer};
 use crate::net::{self, Reply};
 
 /// Progress events are throttled to this interval so the page is not flooded.
@@ -49,6 +49,7 @@ struct Inner {
     saved_memory: RefCell<Option<Vec<u8>>>,
     stopped: Cell<bool>,
     running: Cell<bool>,
+    preference: Cell<Preference>,
 }
 
 #[wasm_bindgen]
@@ -70,6 +71,7 @@ impl Contributor {
             saved_memory: RefCell::new(None),
             stopped: Cell::new(false),
             running: Cell::new(false),
+            preference: Cell::new(Preference::Auto),
         };
         Contributor { inner: Rc::new(inner) }
     }
@@ -77,6 +79,15 @@ impl Contributor {
     /// Continues as a client the server already knows (from an earlier `identity` event).
     pub fn resume(&self, client_id: String, token: String) {
         *self.inner.identity.borrow_mut() = Some((client_id, token));
+    }
+
+    /// Which training engine to use: `"auto"` (default: WebGPU if present and faster than the
+    /// CPU in a short probe), `"cpu"` or `"webgpu"` (still falls back to the CPU if WebGPU is
+    /// missing or fails). Takes effect when the next model is set up.
+    #[wasm_bindgen(js_name = setBackend)]
+    pub fn set_backend(&self, which: &str) -> Result<(), JsError> {
+        self.inner.preference.set(which.parse()?);
+        Ok(())
     }
 
     /// Fetches the task description (`GET /api/v1/task`).
@@ -330,14 +341,18 @@ impl Inner {
         };
         let download_ms = net::now_ms() - started;
 
-        // Train: synchronous, so this worker is busy but the page is not.
+        // Train in this worker (the page stays responsive), on the engine chosen for this model.
         if trainer.as_ref().is_none_or(|t| *t.spec() != model) {
-            *trainer = Some(Trainer::new(&model)?);
+            self.emit(&Event::state(Phase::Training, Some(round), "choosing a training engine"));
+            let now = || net::now_ms();
+            *trainer = Some(Trainer::select(&model, self.preference.get(), data, &plan, &now).await?);
         }
         let Some(trainer) = trainer.as_mut() else { unreachable!("the trainer was just built") };
+        self.report_backend(trainer);
         self.emit(&Event::state(Phase::Training, Some(round), format!("{} examples", data.len())));
         let started = net::now_ms();
-        let mut update = self.train(trainer, &global, data, &plan, round)?;
+        let mut update = self.train(trainer, &global, data, &plan, round).await?;
+        self.report_backend(trainer);
         *model_cache = Some((model_version, global));
         let prepared = self.prepare(&mut update.delta, &spec)?;
         let train_ms = net::now_ms() - started;
@@ -402,7 +417,13 @@ impl Inner {
             .map_err(|e| ClientError::Training(format!("preparing the update: {e}")))
     }
 
-    fn train(
+    fn report_backend(&self, trainer: &mut Trainer) {
+        if let Some(choice) = trainer.take_choice_change() {
+            self.emit(&Event::Backend(choice));
+        }
+    }
+
+    async fn train(
         &self,
         trainer: &mut Trainer,
         global: &[u8],
@@ -413,20 +434,22 @@ impl Inner {
         let seed = net::random_seed()?;
         let mut last_emit = f64::NEG_INFINITY;
         let epochs = plan.epochs;
-        trainer.train_round(global, data, plan, seed, &mut |p| {
-            let now = net::now_ms();
-            if now - last_emit >= PROGRESS_EVERY_MS || p.step == p.total_steps {
-                last_emit = now;
-                self.emit(&Event::Progress {
-                    round,
-                    epoch: p.epoch,
-                    epochs,
-                    step: p.step,
-                    total_steps: p.total_steps,
-                    loss: p.loss,
-                });
-            }
-        })
+        trainer
+            .train_round(global, data, plan, seed, &mut |p| {
+                let now = net::now_ms();
+                if now - last_emit >= PROGRESS_EVERY_MS || p.step == p.total_steps {
+                    last_emit = now;
+                    self.emit(&Event::Progress {
+                        round,
+                        epoch: p.epoch,
+                        epochs,
+                        step: p.step,
+                        total_steps: p.total_steps,
+                        loss: p.loss,
+                    });
+                }
+            })
+            .await
     }
 }
 

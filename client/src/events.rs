@@ -5,6 +5,8 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+use crate::local::BackendChoice;
+
 #[wasm_bindgen(typescript_custom_section)]
 const TS_EVENTS: &str = r#"
 /** What the client is doing. */
@@ -25,9 +27,15 @@ export interface RoundEvent {
   update_norm: number; clipped: boolean; noise_std: number; compression: string;
   download_ms: number; train_ms: number; upload_ms: number; round_closed: boolean;
 }
+/** The training engine and why it was chosen (again after a fallback to the CPU). */
+export interface BackendEvent {
+  type: "backend"; backend: "cpu" | "webgpu"; reason: string; adapter: string | null;
+  cpu_samples_per_s: number | null; gpu_samples_per_s: number | null;
+}
 /** A problem; `fatal` ones stop the client, others are retried. */
 export interface ErrorEvent { type: "error"; message: string; fatal: boolean }
-export type ClientEvent = StateEvent | IdentityEvent | DataEvent | ProgressEvent | RoundEvent | ErrorEvent;
+export type ClientEvent =
+  StateEvent | IdentityEvent | DataEvent | ProgressEvent | RoundEvent | BackendEvent | ErrorEvent;
 "#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -70,6 +78,7 @@ pub enum Event {
     Data { source: String, examples: usize, class_counts: Vec<usize> },
     Progress { round: u64, epoch: usize, epochs: usize, step: usize, total_steps: usize, loss: f64 },
     Round(RoundReport),
+    Backend(BackendChoice),
     Error { message: String, fatal: bool },
 }
 

@@ -37,7 +37,7 @@ fn runs_in_a_dedicated_worker_not_on_a_page() {
 }
 
 #[wasm_bindgen_test]
-fn local_training_in_the_worker_learns_the_toy_task() {
+async fn local_training_in_the_worker_learns_the_toy_task() {
     let spec = ModelSpec::builtin("2nn", &[4], 2).unwrap();
     let global = spec.init_params(&mut rng::derive(0, &[1])).unwrap();
     let data = toy_data(60);
@@ -45,6 +45,7 @@ fn local_training_in_the_worker_learns_the_toy_task() {
     let update = Trainer::new(&spec)
         .unwrap()
         .train_round(&global.to_safetensors().unwrap(), &data, &plan, net::random_seed().unwrap(), &mut |_| {})
+        .await
         .unwrap();
     let mut local = global.clone();
     local.axpy(1.0, &update.delta).unwrap();
