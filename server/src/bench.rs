@@ -1,5 +1,6 @@
-//! `webfl bench`: throughput of the CPU engine, for comparing against other engines in the same
-//! session (wall-clock numbers are only meaningful as ratios on a shared machine).
+//! `webfl bench`: throughput of the CPU engine and of the wgpu engine (Vulkan natively: lavapipe
+//! where there is no GPU), measured side by side in one process because wall-clock numbers are
+//! only meaningful as ratios on a shared machine.
 
 use std::time::{Duration, Instant};
 
@@ -8,18 +9,23 @@ use clap::Args;
 use serde::Serialize;
 use webfl_shared::data::Dataset;
 use webfl_shared::engine::gemm::{Mat, gemm};
+use webfl_shared::gpu::{self, GpuBackend, GpuContext};
 use webfl_shared::model::ModelSpec;
 use webfl_shared::rng::derive;
 use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// gemm | train | all
+    /// gemm | train | gpu | all. `gpu` times the wgpu engine's matmul and training steps next
+    /// to the CPU engine's.
     #[arg(default_value = "all")]
     what: String,
-    /// Square GEMM sizes.
+    /// Square GEMM sizes (CPU).
     #[arg(long, value_delimiter = ',', default_value = "512")]
     sizes: Vec<usize>,
+    /// Square matmul sizes for the GPU engine.
+    #[arg(long, value_delimiter = ',', default_value = "512,2048")]
+    gpu_sizes: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "2nn,cnn")]
     models: Vec<String>,
     #[arg(long, value_delimiter = ',', default_value = "10,50")]
@@ -72,8 +78,14 @@ pub fn gemm_gflops(n: usize, secs: f64) -> f64 {
 /// as it is in a real round.
 const STEPS_PER_CALL: usize = 20;
 
+/// Training samples per second of the CPU engine.
 pub fn train_samples_per_sec(model: &str, batch: usize, secs: f64) -> Result<f64> {
     let spec = ModelSpec::builtin(model, &[1, 28, 28], 10)?;
+    train_rate(&mut CpuBackend::new(&spec)?, &spec, batch, secs)
+}
+
+/// Training samples per second of any engine on synthetic MNIST-shaped data.
+pub fn train_rate(be: &mut dyn Backend, spec: &ModelSpec, batch: usize, secs: f64) -> Result<f64> {
     let mut rng = derive(0, &[]);
     let global = spec.init_params(&mut rng)?;
     let n = batch * STEPS_PER_CALL;
@@ -85,7 +97,6 @@ pub fn train_samples_per_sec(model: &str, batch: usize, secs: f64) -> Result<f64
         labels: (0..n as u32).map(|i| i % 10).collect(),
     };
     let plan = TrainPlan { epochs: 1, batch_size: batch, lr: 0.01, ..Default::default() };
-    let mut be = CpuBackend::new(&spec)?;
     let mut err = None;
     let epochs = rate(secs, || {
         if let Err(e) = be.train(&global, &data, &plan, &mut rng, &mut |_| {}) {
@@ -116,8 +127,51 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    if all || args.what == "gpu" {
+        bench_gpu(args, &mut rows)?;
+    }
     if rows.is_empty() {
-        anyhow::bail!("unknown benchmark {:?}: expected gemm, train or all", args.what);
+        anyhow::bail!("unknown benchmark {:?}: expected gemm, train, gpu or all", args.what);
+    }
+    Ok(())
+}
+
+/// The wgpu engine next to the CPU engine: matmul GFLOP/s with the training kernel, and training
+/// samples/s for each model and batch size with the CPU figure and the ratio beside it.
+fn bench_gpu(args: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
+    let ctx = match GpuContext::new_blocking() {
+        Ok(ctx) => std::sync::Arc::new(ctx),
+        // `webfl bench` (all) still measures the CPU on a machine without any Vulkan driver.
+        Err(e) if args.what == "all" => {
+            println!("gpu: skipped ({e})");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !args.json {
+        println!("gpu adapter: {}", ctx.describe());
+    }
+    for &n in &args.gpu_sizes {
+        // One product first, to size the timed batch to about `seconds`.
+        let once = pollster::block_on(gpu::bench_matmul(&ctx, n, 1))?;
+        let flop = 2.0 * (n * n * n) as f64;
+        let reps = ((args.seconds * once * 1e9 / flop).ceil() as usize).clamp(1, 1000);
+        let gflops = pollster::block_on(gpu::bench_matmul(&ctx, n, reps))?;
+        rows.push(Row { case: format!("gpu matmul {n}x{n}x{n}"), value: gflops, unit: "GFLOP/s" });
+        emit(rows, args.json);
+    }
+    for model in &args.models {
+        let spec = ModelSpec::builtin(model, &[1, 28, 28], 10)?;
+        for &b in &args.batches {
+            let cpu = train_rate(&mut CpuBackend::new(&spec)?, &spec, b, args.seconds)?;
+            let gpu = train_rate(&mut GpuBackend::new(ctx.clone(), &spec)?, &spec, b, args.seconds)?;
+            rows.push(Row { case: format!("train-step {model} batch {b} cpu"), value: cpu, unit: "samples/s" });
+            emit(rows, args.json);
+            rows.push(Row { case: format!("train-step {model} batch {b} gpu"), value: gpu, unit: "samples/s" });
+            emit(rows, args.json);
+            rows.push(Row { case: format!("train-step {model} batch {b} gpu/cpu"), value: gpu / cpu, unit: "x" });
+            emit(rows, args.json);
+        }
     }
     Ok(())
 }

@@ -40,7 +40,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Measure the CPU engine: GEMM GFLOP/s and training-step throughput.
+    /// Measure the engines: CPU GEMM GFLOP/s and training-step throughput; `gpu` adds the wgpu
+    /// engine's matmul GFLOP/s and training throughput beside the CPU's.
     Bench(bench::BenchArgs),
     /// Write a stored model version as a safetensors file that loads into PyTorch
     /// (`model.load_state_dict(safetensors.torch.load_file(PATH))`).
