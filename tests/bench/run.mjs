@@ -2,13 +2,15 @@
 // waits for it to finish, prints the results and the target ratios, and writes
 // out/bench/{bench.json,notes.json,bench.png}.
 //
-//   node tests/bench/run.mjs [--quick] [--engines a,b] [--models 2nn,cnn] [--min SECONDS]
+//   node tests/bench/run.mjs [--quick] [--engines a,b] [--models 2nn,cnn] [--cnn-engines a,b]
+//                            [--min SECONDS] [--timeout-min M]
 //
 // bench.json is the page's `benchResults`: [{engine, model, batch, mode, samples_per_s}].
 // notes.json is {env, notes}: the browser, WebGPU adapter and tfjs wasm flavour, and every
 // engine/workload that is unsupported or failed, with its error.
 // --quick (CI smoke): a short minimum time; fails if the page throws, or if a requested engine
-// has neither a finite positive number nor a note. Speed never decides the exit status.
+// has neither a finite positive number nor a note. Speed never decides the exit status. It runs
+// the CNN only on the fast engines (see `passes`).
 //
 // Needs: $CARGO_TARGET_DIR/release/webfl (default target/), www/dist (scripts/build-web),
 // data/mnist.wfds (the default task loads it), /usr/bin/chromium.
@@ -32,7 +34,7 @@ const ENGINES = ["webfl-cpu", "webfl-webgpu", "tfjs-cpu", "tfjs-wasm", "tfjs-web
 const MODELS = ["2nn", "cnn"];
 
 function parseArgs(argv) {
-  const opts = { quick: false, engines: null, models: null, min: null };
+  const opts = { quick: false, engines: null, models: null, cnnEngines: null, min: null, timeoutMin: 90 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -43,7 +45,9 @@ function parseArgs(argv) {
     else if (a === "--engines") opts.engines = value();
     else if (a === "--models") opts.models = value();
     else if (a === "--min") opts.min = Number(value());
-    else throw new Error(`unknown argument ${a} (--quick, --engines, --models, --min)`);
+    else if (a === "--timeout-min") opts.timeoutMin = Number(value());
+    else if (a === "--cnn-engines") opts.cnnEngines = value();
+    else throw new Error(`unknown argument ${a} (--quick, --engines, --models, --cnn-engines, --min, --timeout-min)`);
   }
   // A quick run still times several steps per workload; it only shortens each measurement.
   opts.min ??= opts.quick ? 0.2 : 1.5;
@@ -126,6 +130,41 @@ function targetRatios(results, notes) {
   return out;
 }
 
+/**
+ * The page loads to run, one after another in one browser page. One load for everything, unless
+ * the CNN is limited to some engines (--cnn-engines): then every engine runs the 2NN and those
+ * engines the CNN. The CNN on the emulated GPU backends (SwiftShader WebGL and WebGPU here) takes
+ * minutes per step, so --quick limits it to webfl's CPU engine and tfjs-wasm (whose missing CNN
+ * gradient must still show up as a note) unless --engines, --models or --cnn-engines say otherwise.
+ */
+function passes(opts) {
+  const cnnEngines = opts.cnnEngines ?? (opts.quick && !opts.engines && !opts.models ? "webfl-cpu,tfjs-wasm" : null);
+  if (!cnnEngines) return [{ engines: opts.engines, models: opts.models }];
+  const out = [];
+  if (!opts.models || opts.models.split(",").includes("2nn")) out.push({ engines: opts.engines, models: "2nn" });
+  if (!opts.models || opts.models.split(",").includes("cnn")) out.push({ engines: cnnEngines, models: "cnn" });
+  return out;
+}
+
+/** Polls the page until it sets data-done, echoing its status line whenever it changes. */
+async function waitUntilDone(page, pageErrors, timeoutMin) {
+  let last = "";
+  const until = Date.now() + timeoutMin * 60_000;
+  for (;;) {
+    const state = await page.evaluate(() => ({
+      done: document.body.dataset.done === "true",
+      status: document.getElementById("bench-state")?.textContent ?? "",
+    }));
+    if (state.status !== last) {
+      console.log(`  ${state.status}`);
+      last = state.status;
+    }
+    if (state.done || pageErrors.length) return;
+    if (Date.now() > until) throw new Error(`the page did not finish within ${timeoutMin} min`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   mkdirSync(OUT, { recursive: true });
@@ -156,36 +195,28 @@ async function main() {
     page.on("console", (m) => {
       if (m.type() === "error") console.log(`  [page console.error] ${m.text()}`);
     });
-    const params = new URLSearchParams({ min: String(opts.min) });
-    if (opts.engines) params.set("engines", opts.engines);
-    if (opts.models) params.set("models", opts.models);
-    const url = `http://127.0.0.1:${port}/bench.html?${params}`;
-    console.log(`bench: ${url}`);
-    await page.goto(url);
-    // Progress while it runs: the page's status line, whenever it changes.
-    let last = "";
-    const timeoutMs = 30 * 60_000;
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      const state = await page.evaluate(() => ({
-        done: document.body.dataset.done === "true",
-        status: document.getElementById("bench-state")?.textContent ?? "",
+    const results = [];
+    const notes = [];
+    const env = {};
+    for (const [i, pass] of passes(opts).entries()) {
+      const params = new URLSearchParams({ min: String(opts.min) });
+      if (pass.engines) params.set("engines", pass.engines);
+      if (pass.models) params.set("models", pass.models);
+      const url = `http://127.0.0.1:${port}/bench.html?${params}`;
+      console.log(`bench: ${url}`);
+      await page.goto(url);
+      await waitUntilDone(page, pageErrors, opts.timeoutMin);
+      const got = await page.evaluate(() => ({
+        results: window.benchResults,
+        notes: window.benchNotes,
+        env: window.benchEnv,
       }));
-      if (state.status !== last) {
-        console.log(`  ${state.status}`);
-        last = state.status;
-      }
-      if (state.done) break;
+      results.push(...got.results);
+      notes.push(...got.notes);
+      Object.assign(env, got.env);
+      await page.screenshot({ path: join(OUT, i === 0 ? "bench.png" : `bench-${i + 1}.png`), fullPage: true });
       if (pageErrors.length) break;
-      if (Date.now() > until) throw new Error(`the page did not finish within ${timeoutMs / 60_000} min`);
-      await new Promise((r) => setTimeout(r, 500));
     }
-    const { results, notes, env } = await page.evaluate(() => ({
-      results: window.benchResults,
-      notes: window.benchNotes,
-      env: window.benchEnv,
-    }));
-    await page.screenshot({ path: join(OUT, "bench.png"), fullPage: true });
     writeFileSync(join(OUT, "bench.json"), JSON.stringify(results, null, 2) + "\n");
     writeFileSync(join(OUT, "notes.json"), JSON.stringify({ env, notes }, null, 2) + "\n");
 
@@ -230,7 +261,7 @@ async function main() {
       failed = true;
       console.log(`FAIL the page stopped: ${env.fatal}`);
     }
-    const requested = opts.engines ? opts.engines.split(",") : ENGINES;
+    const requested = [...new Set(passes(opts).flatMap((p) => (p.engines ? p.engines.split(",") : ENGINES)))];
     for (const engine of requested) {
       const rows = results.filter((r) => r.engine === engine);
       const bad = rows.filter((r) => !(Number.isFinite(r.samples_per_s) && r.samples_per_s > 0));
