@@ -770,7 +770,7 @@ impl GpuBackend {
         let cap = self.bufs.as_ref().map_or(cap, |b| cap.max(b.cap.min(EVAL_BATCH).min(n)));
         self.ensure_bufs(cap)?;
         self.plan(cap, false)?;
-        if n % cap > 0 {
+        if !n.is_multiple_of(cap) {
             self.plan(n % cap, false)?;
         }
         let window = self.window(n, cap)?;
@@ -905,10 +905,9 @@ pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64
         }
         ctx.queue.submit([enc.finish()]);
     };
-    let scopes = (
-        ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-        ctx.device.push_error_scope(wgpu::ErrorFilter::Validation),
-    );
+    // (validation, out-of-memory) so that an early return drops them in reverse push order.
+    let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let scopes = (ctx.device.push_error_scope(wgpu::ErrorFilter::Validation), oom);
     run(1);
     ctx.finish().await?;
     let t0 = GpuContext::now_ms();

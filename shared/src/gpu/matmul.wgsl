@@ -31,24 +31,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < k; k0 += 16u) {
-        for (var t = 0u; t < 4u; t++) {
-            let e = li + 256u * t;
-            let kk = e / 64u;
-            let ii = e % 64u;
-            let r = row0 + ii;
-            let kg = k0 + kk;
-            var va = 0.0;
-            if (r < m && kg < k) {
-                va = a[a_off + r * a_rs + kg * a_cs];
+        // Each invocation stages four consecutive rows (and columns) at one k as whole vec4s:
+        // dynamic component writes are slow on CPU implementations.
+        let kk = li / 16u;
+        let q = li % 16u;
+        let kg = k0 + kk;
+        var va = vec4<f32>(0.0);
+        var vb = vec4<f32>(0.0);
+        if (kg < k) {
+            for (var t = 0u; t < 4u; t++) {
+                let r = row0 + q * 4u + t;
+                if (r < m) {
+                    va[t] = a[a_off + r * a_rs + kg * a_cs];
+                }
+                let cc = col0 + q * 4u + t;
+                if (cc < n) {
+                    vb[t] = b[b_off + kg * b_rs + cc * b_cs];
+                }
             }
-            ta[kk * 16u + ii / 4u][ii % 4u] = va;
-            let cc = col0 + ii;
-            var vb = 0.0;
-            if (cc < n && kg < k) {
-                vb = b[b_off + kg * b_rs + cc * b_cs];
-            }
-            tb[kk * 16u + ii / 4u][ii % 4u] = vb;
         }
+        ta[kk * 16u + q] = va;
+        tb[kk * 16u + q] = vb;
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
             let av = ta[kk * 16u + lid.y];
