@@ -3,15 +3,18 @@
 //! [`bench_engine`] measures one engine × model × batch × mode and returns samples per second in
 //! the steady state. The timing loops ([`train_rate`], [`infer_rate`]) are generic over an async
 //! closure that runs the engine once, so an engine is one `match` arm: the CPU engine's closure
-//! is synchronous inside, a GPU engine's awaits its device.
+//! is synchronous inside, the WebGPU engine's awaits its device.
 //!
 //! Inputs are synthetic (uniform in [0, 1), random labels): throughput does not depend on the
 //! values, and every engine on the page gets the same shapes (MNIST, `[1, 28, 28]`, 10 classes).
+
+use std::sync::Arc;
 
 use wasm_bindgen::prelude::*;
 use webfl_shared::Params;
 use webfl_shared::data::Dataset;
 use webfl_shared::engine::{Mode, Network};
+use webfl_shared::gpu::{GpuBackend, GpuContext};
 use webfl_shared::model::ModelSpec;
 use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
 
@@ -77,9 +80,22 @@ pub async fn bench_engine(
             })
             .await
         }
-        // ---- webfl-webgpu: to be wired to `webfl_shared::gpu::GpuBackend` (async train/evaluate)
-        // by passing closures that await it to `train_rate` / `infer_rate`, as the CPU arms do.
-        ("webgpu", "train" | "infer") => Err(JsError::new("webfl-webgpu: not wired yet")),
+        ("webgpu", "train" | "infer") => {
+            let ctx = GpuContext::new().await.map_err(js)?;
+            #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+            let mut gpu = GpuBackend::new(Arc::new(ctx), &spec).map_err(js)?;
+            if mode == "train" {
+                train_rate(&params, batch, min_seconds, async |params: &Params, data: &Dataset, plan: &TrainPlan| {
+                    gpu.train(params, data, plan, &mut rng, &mut |_| {}).await.map(drop).map_err(js)
+                })
+                .await
+            } else {
+                // One batch per call, its loss and accuracy read back: the result is complete when
+                // the call returns. (The call also writes the weights, a few ms of the total.)
+                infer_rate(min_seconds, async |data: &Dataset| gpu.evaluate(&params, data).await.map(drop).map_err(js))
+                    .await
+            }
+        }
         ("cpu" | "webgpu", other) => Err(JsError::new(&format!("unknown mode {other:?} (train, infer)"))),
         (other, _) => Err(JsError::new(&format!("unknown engine {other:?} (cpu, webgpu)"))),
     }

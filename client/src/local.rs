@@ -106,6 +106,8 @@ impl Trainer {
             return Self::with_choice(spec, None, BackendChoice::cpu("CPU chosen by the page (backend=cpu)", None));
         }
         let ctx = match GpuContext::new().await {
+            // Single-threaded in the browser; the engine API shares the context through an Arc.
+            #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
             Ok(ctx) => Arc::new(ctx),
             Err(e) => {
                 return Self::with_choice(spec, None, BackendChoice::cpu(format!("WebGPU unavailable: {e}"), None));

@@ -1,6 +1,7 @@
 // The contribute page: pick local data, press Contribute, watch this browser train.
 // URL parameters preselect the data and can start at once (how the end-to-end test opens pages):
 //   /?partition=shards:2&client=3&of=10&seed=0&autostart=1
+// `backend=cpu|webgpu` overrides the automatic choice of training engine.
 
 import { type DataChoice, type WorkerMessage, WebflClient } from "./webfl.js";
 
@@ -95,7 +96,6 @@ function handle(event: WorkerMessage): void {
       totals.rounds += 1;
       totals.bytes_up += event.bytes_up;
       showTotals();
-      $("backend").textContent = `${event.backend} (WebAssembly)`;
       $("local").textContent = `${event.local_loss.toFixed(4)} / ${(event.local_accuracy * 100).toFixed(1)}%`;
       const privacy = event.noise_std > 0 ? `, local DP noise σ=${event.noise_std.toPrecision(3)}` : "";
       $("last-update").textContent =
@@ -121,6 +121,17 @@ function handle(event: WorkerMessage): void {
       while (roundsBody.rows.length > 50) roundsBody.deleteRow(-1);
       break;
     }
+    case "backend": {
+      const engine = event.backend === "webgpu" ? "WebGPU" : "CPU (WebAssembly)";
+      const speeds =
+        event.cpu_samples_per_s !== null && event.gpu_samples_per_s !== null
+          ? ` — probe: WebGPU ${event.gpu_samples_per_s.toFixed(0)}, CPU ${event.cpu_samples_per_s.toFixed(0)} samples/s`
+          : "";
+      $("backend").textContent = engine;
+      document.body.dataset.backend = event.backend;
+      $("backend-why").textContent = `${event.reason}${speeds}${event.adapter ? ` (adapter: ${event.adapter})` : ""}`;
+      break;
+    }
     case "error":
       banner.textContent = event.fatal ? `Stopped: ${event.message}` : `${event.message} (retrying)`;
       banner.hidden = false;
@@ -138,7 +149,11 @@ async function start(): Promise<void> {
     handle({ type: "error", message: (error as Error).message, fatal: true });
     return;
   }
-  client = WebflClient.connect({ data });
+  const backend = params.get("backend");
+  client = WebflClient.connect({
+    data,
+    backend: backend === "cpu" || backend === "webgpu" ? backend : "auto",
+  });
   client.onAny(handle);
   startButton.disabled = true;
   stopButton.disabled = false;

@@ -8,6 +8,7 @@
 import type { ClientEvent } from "./pkg/webfl_client.js";
 
 export type {
+  BackendEvent,
   ClientEvent,
   ClientPhase,
   DataEvent,
@@ -29,10 +30,17 @@ export interface ConnectOptions {
   data: DataChoice;
   /** Key under which the identity and progress persist (IndexedDB); default: one per tab. */
   identityKey?: string;
+  /**
+   * Training engine: "auto" (default: WebGPU when present and faster than the CPU in a short
+   * probe), "cpu", or "webgpu" (still falls back to the CPU when WebGPU is missing or fails).
+   */
+  backend?: "auto" | "cpu" | "webgpu";
 }
 
 /** Messages the page sends the worker. */
-export type WorkerCommand = { cmd: "start"; server: string; data: DataChoice; identityKey: string } | { cmd: "stop" };
+export type WorkerCommand =
+  | { cmd: "start"; server: string; data: DataChoice; identityKey: string; backend: string }
+  | { cmd: "stop" };
 
 /** Totals the worker keeps in IndexedDB, so a reloaded tab resumes its counts. */
 export interface SavedProgress {
@@ -68,6 +76,7 @@ export class WebflClient {
       server: options.server ?? location.origin,
       data: options.data,
       identityKey: options.identityKey ?? tabIdentityKey(),
+      backend: options.backend ?? "auto",
     });
   }
 
@@ -92,8 +101,8 @@ export class WebflClient {
       this.dispatch({ type: "error", message: `worker failed: ${error.message}`, fatal: true });
       this.stop();
     };
-    const { server, data, identityKey } = this.options;
-    worker.postMessage({ cmd: "start", server, data, identityKey } satisfies WorkerCommand);
+    const { server, data, identityKey, backend } = this.options;
+    worker.postMessage({ cmd: "start", server, data, identityKey, backend } satisfies WorkerCommand);
     this.worker = worker;
   }
 
