@@ -3,11 +3,14 @@
 // out/bench/{bench.json,notes.json,bench.png}.
 //
 //   node tests/bench/run.mjs [--quick] [--engines a,b] [--models 2nn,cnn] [--cnn-engines a,b]
-//                            [--min SECONDS] [--timeout-min M]
+//                            [--min SECONDS] [--cap SECONDS] [--timeout-min M]
 //
-// bench.json is the page's `benchResults`: [{engine, model, batch, mode, samples_per_s}].
+// bench.json is the page's `benchResults`: [{engine, model, batch, mode, samples_per_s}], tfjs
+// rows also with `steps` and `warmup_s`, tfjs training rows with `path` (the gradient path
+// reported, the faster) and `paths` (every path's samples/s).
 // notes.json is {env, notes}: the browser, WebGPU adapter and tfjs wasm flavour, and every
-// engine/workload that is unsupported or failed, with its error.
+// engine/workload that is unsupported, failed or capped (a number from fewer steps than --min
+// asks, see --cap), with its error, and for tfjs training which gradient path won.
 // --quick (CI smoke): a short minimum time; fails if the page throws, or if a requested engine
 // has neither a finite positive number nor a note. Speed never decides the exit status. It runs
 // the CNN only on the fast engines (see `passes`).
@@ -34,7 +37,7 @@ const ENGINES = ["webfl-cpu", "webfl-webgpu", "tfjs-cpu", "tfjs-wasm", "tfjs-web
 const MODELS = ["2nn", "cnn"];
 
 function parseArgs(argv) {
-  const opts = { quick: false, engines: null, models: null, cnnEngines: null, min: null, timeoutMin: 90 };
+  const opts = { quick: false, engines: null, models: null, cnnEngines: null, min: null, cap: null, timeoutMin: 60 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -45,13 +48,17 @@ function parseArgs(argv) {
     else if (a === "--engines") opts.engines = value();
     else if (a === "--models") opts.models = value();
     else if (a === "--min") opts.min = Number(value());
+    else if (a === "--cap") opts.cap = Number(value());
     else if (a === "--timeout-min") opts.timeoutMin = Number(value());
     else if (a === "--cnn-engines") opts.cnnEngines = value();
-    else throw new Error(`unknown argument ${a} (--quick, --engines, --models, --cnn-engines, --min, --timeout-min)`);
+    else throw new Error(`unknown argument ${a} (--quick, --engines, --models, --cnn-engines, --min, --cap, --timeout-min)`);
   }
   // A quick run still times several steps per workload; it only shortens each measurement.
   opts.min ??= opts.quick ? 0.2 : 1.5;
   if (!(opts.min >= 0)) throw new Error("--min must be a non-negative number of seconds");
+  // Per tfjs measurement, warm-up included: past it the page times 2 steps and notes the cap.
+  opts.cap ??= opts.quick ? 10 : 45;
+  if (!(opts.cap > 0)) throw new Error("--cap must be a positive number of seconds");
   return opts;
 }
 
@@ -113,7 +120,15 @@ function targetRatios(results, notes) {
       .filter((x) => x.v !== undefined)
       .sort((p, q) => q.v - p.v)[0];
     const a = rate("webfl-cpu", "cnn", b);
-    const cannot = notes.filter((n) => n.model === "cnn" && n.batch === b && n.mode === "train" && n.engine.startsWith("tfjs-"));
+    const cannot = notes.filter(
+      (n) =>
+        n.model === "cnn" &&
+        n.batch === b &&
+        n.mode === "train" &&
+        n.engine.startsWith("tfjs-") &&
+        (n.kind === "unsupported" || n.kind === "failed") &&
+        !results.some((r) => r.engine === n.engine && r.model === "cnn" && r.batch === b && r.mode === "train"),
+    );
     out.push({
       target: `webfl-cpu / best tfjs that trains it (${best?.e ?? "none"}), CNN train B=${b}`,
       ratio: a && best ? a / best.v : undefined,
@@ -199,7 +214,7 @@ async function main() {
     const notes = [];
     const env = {};
     for (const [i, pass] of passes(opts).entries()) {
-      const params = new URLSearchParams({ min: String(opts.min) });
+      const params = new URLSearchParams({ min: String(opts.min), cap: String(opts.cap) });
       if (pass.engines) params.set("engines", pass.engines);
       if (pass.models) params.set("models", pass.models);
       const url = `http://127.0.0.1:${port}/bench.html?${params}`;
@@ -223,13 +238,25 @@ async function main() {
     console.log();
     console.log(
       table(
-        results.map((r) => [r.engine, r.model, r.batch, r.mode, fmtRate(r.samples_per_s)]),
-        ["engine", "model", "batch", "mode", "samples/s"],
-        ["l", "l", "r", "l", "r"],
+        results.map((r) => [
+          r.engine,
+          r.model,
+          r.batch,
+          r.mode,
+          fmtRate(r.samples_per_s),
+          r.path ?? "",
+          r.steps ?? "",
+          r.warmup_s !== undefined ? r.warmup_s.toFixed(2) : "",
+          notes.some((n) => n.kind === "capped" && n.engine === r.engine && n.model === r.model && n.batch === r.batch && n.mode === r.mode)
+            ? "capped"
+            : "",
+        ]),
+        ["engine", "model", "batch", "mode", "samples/s", "tfjs path", "steps", "warm-up s", ""],
+        ["l", "l", "r", "l", "r", "l", "r", "r", "l"],
       ),
     );
     if (notes.length) {
-      console.log("\nunsupported or failed:");
+      console.log("\nnotes (unsupported, failed, capped; info: which tfjs gradient path won):");
       for (const n of notes)
         console.log(`  ${[n.engine, n.model, n.batch !== undefined ? `B=${n.batch}` : "", n.mode].filter(Boolean).join(" ")}: ${n.kind}: ${n.error}`);
     }

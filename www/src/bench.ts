@@ -25,10 +25,12 @@ const TRAIN_BATCHES = [10, 50];
 const INFER_BATCH = 100;
 const CLASSES = 10;
 const LR = 0.01;
-/// Untimed steps before each measurement: kernels compile, buffers are allocated, caches warm.
-const WARMUP_STEPS = 2;
-/// Timed steps at least, however short `min` is.
+/// Timed steps at least, however short `min` is (unless the cap stops the timing first).
 const MIN_STEPS = 3;
+/// Timed steps at least once the per-workload cap (`cap`, seconds) has passed.
+const CAP_MIN_STEPS = 2;
+/// A tfjs measurement with fewer than `CAP_MIN_STEPS` timed steps after this many caps gives up.
+const HARD_CAP_FACTOR = 3;
 
 export interface BenchRow {
   engine: Engine;
@@ -36,6 +38,12 @@ export interface BenchRow {
   batch: number;
   mode: Mode;
   samples_per_s: number;
+  /** tfjs training: the gradient path reported (the faster one), and every path's rate. */
+  path?: TfPath;
+  paths?: Partial<Record<TfPath, number>>;
+  /** tfjs: timed steps (train) or calls (infer) behind the number, and the first step's seconds. */
+  steps?: number;
+  warmup_s?: number;
 }
 
 export interface BenchNote {
@@ -43,8 +51,10 @@ export interface BenchNote {
   model?: Model;
   batch?: number;
   mode?: Mode;
-  /** `unsupported`: the engine cannot run this (e.g. a missing gradient kernel); `failed`: it broke. */
-  kind: 'unsupported' | 'failed';
+  /** `unsupported`: the engine cannot run this (e.g. a missing gradient kernel); `failed`: it
+   * broke; `capped`: a number was reported, but from fewer steps than `min` asks (the per-workload
+   * cap); `info`: how a number came about (e.g. which tfjs gradient path won). */
+  kind: 'unsupported' | 'failed' | 'capped' | 'info';
   error: string;
 }
 
@@ -74,13 +84,57 @@ function listParam<T extends string>(name: string, all: readonly T[]): T[] {
   return all.filter((a) => wanted.includes(a));
 }
 const minParam = Number(query.get('min') ?? '1.5');
+/** Seconds per tfjs measurement (warm-up included) after which it stops at `CAP_MIN_STEPS` steps. */
+const capParam = Number(query.get('cap') ?? '60');
 
 // ---- The models in TensorFlow.js, with raw variables (the leanest training path) ----
+
+/**
+ * How a tfjs training step gets its gradients. Each backend is measured with every path and the
+ * faster one is reported (the row's `path`; the other's rate is in `paths`), so the comparison
+ * never rests on a slow path of tfjs's:
+ * - `autodiff`: tfjs's own gradients of fused matMul/conv2d + bias + relu (what tf.layers uses).
+ * - `dense-grad`: the same forward, but the dense layers carry a hand-written gradient made of
+ *   `tf.transpose` + plain `tf.matMul` (tfjs's matMul gradient uses `transposeA`/`transposeB`,
+ *   which tfjs's wasm backend runs outside XNNPACK, several times slower), and the first layer
+ *   skips the input gradient nobody uses (autodiff computes it). Convolutions keep autodiff.
+ */
+const TF_PATHS = ['autodiff', 'dense-grad'] as const;
+type TfPath = (typeof TF_PATHS)[number];
 
 /** Glorot-uniform, like both webfl's initialiser and Keras's default; values do not affect speed. */
 function glorot(shape: number[], fanIn: number, fanOut: number): tf.Variable {
   const limit = Math.sqrt(6 / (fanIn + fanOut));
   return tf.variable(tf.randomUniform(shape, -limit, limit));
+}
+
+type Dense = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+
+/** `x·w + b` (then relu), with tfjs's fused op and tfjs's gradient. */
+const autodiffDense =
+  (relu: boolean): Dense =>
+  (x, w, b) =>
+    tf.fused.matMul({ a: x as tf.Tensor2D, b: w as tf.Tensor2D, bias: b, activation: relu ? 'relu' : 'linear' });
+
+/** The same forward as `autodiffDense`, with a gradient of explicit transposes and plain matMuls;
+ * `inputGrad: false` (a layer fed by the data) returns zeros for the input instead of computing
+ * a gradient that nothing reads. */
+function handDense(relu: boolean, inputGrad: boolean): Dense {
+  // tfjs types customGrad's function as variadic; these are its four arguments.
+  const f = (x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, save: tf.GradSaveFunc) => {
+    const z = tf.fused.matMul({ a: x, b: w, bias: b, activation: relu ? 'relu' : 'linear' });
+    save([x, w, z]);
+    return {
+      value: z,
+      gradFunc: (dy: tf.Tensor, [sx, sw, sz]: tf.Tensor[]) => {
+        const g = relu ? tf.mul(dy, tf.step(sz)) : dy;
+        const dx = inputGrad ? tf.matMul(g, tf.transpose(sw)) : tf.zerosLike(sx);
+        return [dx, tf.matMul(tf.transpose(sx), g), tf.sum(g, 0)];
+      },
+    };
+  };
+  const op = tf.customGrad(f as unknown as Parameters<typeof tf.customGrad<tf.Tensor>>[0]);
+  return (x, w, b) => op(x, w, b);
 }
 
 interface TfModel {
@@ -90,19 +144,19 @@ interface TfModel {
   inputShape(batch: number): number[];
 }
 
-function tfModel(model: Model): TfModel {
+function tfModel(model: Model, path: TfPath = 'autodiff'): TfModel {
+  const dense = (relu: boolean, first: boolean) => (path === 'autodiff' ? autodiffDense(relu) : handDense(relu, !first));
   if (model === '2nn') {
     const [w1, b1] = [glorot([784, 200], 784, 200), tf.variable(tf.zeros([200]))];
     const [w2, b2] = [glorot([200, 200], 200, 200), tf.variable(tf.zeros([200]))];
     const [w3, b3] = [glorot([200, CLASSES], 200, CLASSES), tf.variable(tf.zeros([CLASSES]))];
+    const [d1, d2, d3] = [dense(true, true), dense(true, false), dense(false, false)];
     return {
       vars: [w1, b1, w2, b2, w3, b3],
       inputShape: (b) => [b, 784],
       forward(x) {
-        // Fused matMul + bias + relu: what tf.layers' Dense uses, with its own gradient.
-        let h = tf.fused.matMul({ a: x as tf.Tensor2D, b: w1, bias: b1, activation: 'relu' });
-        h = tf.fused.matMul({ a: h, b: w2, bias: b2, activation: 'relu' });
-        return tf.fused.matMul({ a: h, b: w3, bias: b3 });
+        const h = d2(d1(x, w1, b1), w2, b2);
+        return d3(h, w3, b3);
       },
     };
   }
@@ -110,6 +164,7 @@ function tfModel(model: Model): TfModel {
   const [c2, cb2] = [glorot([5, 5, 32, 64], 25 * 32, 25 * 64), tf.variable(tf.zeros([64]))];
   const [w1, b1] = [glorot([7 * 7 * 64, 512], 7 * 7 * 64, 512), tf.variable(tf.zeros([512]))];
   const [w2, b2] = [glorot([512, CLASSES], 512, CLASSES), tf.variable(tf.zeros([CLASSES]))];
+  const [d1, d2] = [dense(true, false), dense(false, false)];
   return {
     vars: [c1, cb1, c2, cb2, w1, b1, w2, b2],
     inputShape: (b) => [b, 28, 28, 1],
@@ -119,8 +174,7 @@ function tfModel(model: Model): TfModel {
       h = tf.fused.conv2d({ x: h, filter: c2 as tf.Tensor4D, strides: 1, pad: 'same', bias: cb2, activation: 'relu' });
       h = tf.maxPool(h, 2, 2, 'valid');
       const flat = tf.reshape(h, [h.shape[0], 7 * 7 * 64]) as tf.Tensor2D;
-      const d = tf.fused.matMul({ a: flat, b: w1, bias: b1, activation: 'relu' });
-      return tf.fused.matMul({ a: d, b: w2, bias: b2 });
+      return d2(d1(flat, w1, b1), w2, b2);
     },
   };
 }
@@ -134,11 +188,68 @@ function tfBatch(m: TfModel, batch: number): { x: tf.Tensor; y: tf.Tensor2D } {
   return { x, y };
 }
 
-/** Samples/s of TensorFlow.js SGD on the current backend: steps are queued back to back and the
- * clock stops only once the last step's loss has been read, so asynchronous backends (webgl,
- * webgpu) are timed to completion without a sync per step. */
-async function tfTrain(model: Model, batch: number, minSeconds: number): Promise<number> {
-  const m = tfModel(model);
+/** One tfjs measurement: the rate over the timed steps, and how it went. */
+interface Timed {
+  rate: number;
+  /** Timed steps (train) or calls (infer). */
+  steps: number;
+  /** Seconds of the first untimed step (kernel compilation, allocation). */
+  warmup_s: number;
+  /** Set when the per-workload cap stopped the timing before `min` seconds. */
+  capped?: string;
+}
+
+/**
+ * Times `run(k)` (k steps queued back to back, resolving once the last one's result has been read,
+ * so asynchronous backends are timed to completion without a sync per step). One untimed step
+ * compiles kernels (its time is `warmup_s`), a second one settles allocations unless the first
+ * already took half the cap. Chunks of steps sized to about a sixth of `min` are then timed until
+ * `min` seconds and `MIN_STEPS` steps, or, past `cap` seconds in all, as soon as `CAP_MIN_STEPS`
+ * steps are timed: a slow backend (the CNN on an emulated GPU) still gets a number from a few
+ * steps, in bounded time, and says so. Past `HARD_CAP_FACTOR × cap` with fewer steps it gives up
+ * with an error saying how far it got.
+ */
+async function timeSteps(run: (k: number) => Promise<void>, minSeconds: number, capSeconds: number): Promise<Timed> {
+  const t0 = performance.now();
+  await run(1);
+  const warmup_s = (performance.now() - t0) / 1e3;
+  let last = warmup_s;
+  if (warmup_s < capSeconds / 2) {
+    const t1 = performance.now();
+    await run(1);
+    last = (performance.now() - t1) / 1e3;
+  }
+  const chunk = Math.max(1, Math.min(1000, Math.round(minSeconds / 6 / Math.max(last, 1e-6))));
+  const start = performance.now();
+  let steps = 0;
+  for (;;) {
+    const now = performance.now();
+    const timed = (now - start) / 1e3;
+    const total = (now - t0) / 1e3;
+    if (steps >= MIN_STEPS && timed >= minSeconds) break;
+    if (steps >= CAP_MIN_STEPS && total >= capSeconds) {
+      return {
+        rate: steps / timed,
+        steps,
+        warmup_s,
+        capped: `cap ${capSeconds} s reached: warm-up ${warmup_s.toFixed(1)} s, then ${steps} steps timed in ${timed.toFixed(1)} s`,
+      };
+    }
+    if (total >= HARD_CAP_FACTOR * capSeconds) {
+      throw new Error(
+        `gave up after ${total.toFixed(0)} s (cap ${capSeconds} s): warm-up ${warmup_s.toFixed(1)} s, ${steps} of ${CAP_MIN_STEPS} steps timed`,
+      );
+    }
+    const k = steps >= CAP_MIN_STEPS && total + chunk * last > capSeconds ? 1 : chunk;
+    await run(k);
+    steps += k;
+  }
+  return { rate: steps / ((performance.now() - start) / 1e3), steps, warmup_s };
+}
+
+/** Samples/s of TensorFlow.js SGD on the current backend, with gradients from `path`. */
+async function tfTrain(model: Model, batch: number, path: TfPath, minSeconds: number, capSeconds: number): Promise<Timed> {
+  const m = tfModel(model, path);
   const { x, y } = tfBatch(m, batch);
   const opt = tf.train.sgd(LR);
   const step = (returnCost: boolean): tf.Scalar | null => {
@@ -150,17 +261,15 @@ async function tfTrain(model: Model, batch: number, minSeconds: number): Promise
     return loss;
   };
   try {
-    for (let i = 0; i < WARMUP_STEPS; i++) step(false);
-    await finish(step(true));
-    const start = performance.now();
-    let steps = 0;
-    while (steps < MIN_STEPS - 1 || performance.now() - start < minSeconds * 1e3) {
-      step(false);
-      steps++;
-    }
-    await finish(step(true));
-    steps++;
-    return (steps * batch) / ((performance.now() - start) / 1e3);
+    const t = await timeSteps(
+      async (k) => {
+        for (let i = 1; i < k; i++) step(false);
+        await finish(step(true));
+      },
+      minSeconds,
+      capSeconds,
+    );
+    return { ...t, rate: t.rate * batch };
   } finally {
     opt.dispose();
     tf.dispose([x, y, ...m.vars]);
@@ -175,7 +284,7 @@ async function finish(loss: tf.Scalar | null): Promise<void> {
 }
 
 /** Forward-only samples/s at batch 100, awaiting each prediction. */
-async function tfInfer(model: Model, minSeconds: number): Promise<number> {
+async function tfInfer(model: Model, minSeconds: number, capSeconds: number): Promise<Timed> {
   const m = tfModel(model);
   const { x, y } = tfBatch(m, INFER_BATCH);
   const predict = async () => {
@@ -184,14 +293,14 @@ async function tfInfer(model: Model, minSeconds: number): Promise<number> {
     logits.dispose();
   };
   try {
-    for (let i = 0; i < WARMUP_STEPS; i++) await predict();
-    const start = performance.now();
-    let calls = 0;
-    while (calls < MIN_STEPS || performance.now() - start < minSeconds * 1e3) {
-      await predict();
-      calls++;
-    }
-    return (calls * INFER_BATCH) / ((performance.now() - start) / 1e3);
+    const t = await timeSteps(
+      async (k) => {
+        for (let i = 0; i < k; i++) await predict();
+      },
+      minSeconds,
+      capSeconds,
+    );
+    return { ...t, rate: t.rate * INFER_BATCH };
   } finally {
     tf.dispose([x, y, ...m.vars]);
   }
@@ -236,12 +345,54 @@ function jobs(engines: Engine[], models: Model[]): Job[] {
   return out;
 }
 
-async function measure(job: Job, minSeconds: number): Promise<number> {
+/** Measures `job`: the row, and notes on how it was measured (capped, which tfjs path won). */
+async function measure(job: Job, minSeconds: number, capSeconds: number): Promise<{ row: BenchRow; notes: BenchNote[] }> {
+  const check = (v: number) => {
+    if (!(Number.isFinite(v) && v > 0)) throw new Error(`measured ${v} samples/s`);
+    return v;
+  };
   if (job.engine.startsWith('webfl-')) {
     const engine = job.engine.slice('webfl-'.length);
-    return benchEngine(engine, job.model, job.batch, job.mode, minSeconds);
+    return { row: { ...job, samples_per_s: check(await benchEngine(engine, job.model, job.batch, job.mode, minSeconds)) }, notes: [] };
   }
-  return job.mode === 'train' ? tfTrain(job.model, job.batch, minSeconds) : tfInfer(job.model, minSeconds);
+  const notes: BenchNote[] = [];
+  const capNote = (t: Timed, what: string) => {
+    if (t.capped) notes.push({ ...job, kind: 'capped', error: `${what}${t.capped}` });
+  };
+  if (job.mode === 'infer') {
+    const t = await tfInfer(job.model, minSeconds, capSeconds);
+    capNote(t, '');
+    return { row: { ...job, samples_per_s: check(t.rate), steps: t.steps, warmup_s: t.warmup_s }, notes };
+  }
+  // Every gradient path, the faster one reported; a path that fails is noted, not fatal, while
+  // another one measures.
+  const paths: Partial<Record<TfPath, number>> = {};
+  let best: { path: TfPath; t: Timed } | null = null;
+  const errors: string[] = [];
+  for (const path of TF_PATHS) {
+    try {
+      const t = await tfTrain(job.model, job.batch, path, minSeconds, capSeconds);
+      paths[path] = check(t.rate);
+      capNote(t, `${path}: `);
+      if (!best || t.rate > best.t.rate) best = { path, t };
+    } catch (e) {
+      errors.push(`${path}: ${message(e)}`);
+    }
+  }
+  if (!best) {
+    // The same limitation on every path (e.g. a missing conv gradient kernel) is said once.
+    const distinct = [...new Set(errors.map((e) => e.replace(/^[a-z-]+: /, '')))];
+    throw new Error(distinct.length === 1 ? distinct[0] : errors.join('; '));
+  }
+  for (const e of errors) notes.push({ ...job, kind: kindOf(e), error: e });
+  const others = Object.entries(paths)
+    .filter(([p]) => p !== best!.path)
+    .map(([p, v]) => `${p} ${fmt(v)} samples/s (${(best!.t.rate / v).toFixed(2)}× slower)`);
+  notes.push({ ...job, kind: 'info', error: `reported path ${best.path}${others.length ? `; ${others.join(', ')}` : ''}` });
+  return {
+    row: { ...job, samples_per_s: best.t.rate, path: best.path, paths, steps: best.t.steps, warmup_s: best.t.warmup_s },
+    notes,
+  };
 }
 
 function message(e: unknown): string {
@@ -268,6 +419,7 @@ function addRow(row: BenchRow) {
     [String(row.batch), true],
     [row.mode, false],
     [fmt(row.samples_per_s), true],
+    [row.path ?? '', false],
   ] as const) {
     const td = document.createElement('td');
     td.textContent = text;
@@ -385,6 +537,7 @@ async function describeEnv(): Promise<void> {
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
     tfjsVersion: tf.version.tfjs,
     minSeconds: minParam,
+    capSeconds: capParam,
   };
   type Adapter = { info?: Record<string, unknown> };
   const gpu = (navigator as unknown as { gpu?: { requestAdapter(): Promise<Adapter | null> } }).gpu;
@@ -426,7 +579,9 @@ async function main() {
   const engines = listParam('engines', ENGINES);
   const models = listParam('models', MODELS);
   if (!(minParam >= 0)) throw new Error(`min must be a non-negative number of seconds, not ${query.get('min')}`);
+  if (!(capParam > 0)) throw new Error(`cap must be a positive number of seconds, not ${query.get('cap')}`);
   $('min-seconds').textContent = String(minParam);
+  $('cap-seconds').textContent = String(capParam);
   setWasmPaths(new URL('./tfjs/', location.href).href);
   await describeEnv();
   await init();
@@ -459,9 +614,9 @@ async function main() {
     }
     if (broken !== null) continue;
     try {
-      const v = await measure(job, minParam);
-      if (!(Number.isFinite(v) && v > 0)) throw new Error(`measured ${v} samples/s`);
-      addRow({ ...job, samples_per_s: v });
+      const { row, notes } = await measure(job, minParam, capParam);
+      addRow(row);
+      notes.forEach(addNote);
     } catch (e) {
       const error = message(e);
       addNote({ ...job, kind: kindOf(error), error });
