@@ -78,7 +78,9 @@ impl GpuContext {
             wgpu::DeviceType::Other => "other",
         };
         let backend = self.info.backend.to_string().to_lowercase();
-        format!("{} · {backend} · {kind}", self.info.name)
+        // Browsers may hide the adapter's name; the device type still tells a software fallback.
+        let name = if self.info.name.is_empty() { "unnamed adapter" } else { self.info.name.as_str() };
+        format!("{name} · {backend} · {kind}")
     }
 
     /// A CPU implementation (SwiftShader, lavapipe): correct but rarely faster than the CPU engine.
