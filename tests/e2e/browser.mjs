@@ -154,6 +154,13 @@ async function main() {
     await waitFor("the first completed round", async () => (await status()).rounds_completed >= 1, 120_000);
     const firstRoundSeconds = (Date.now() - t0) / 1000;
     check("a first round completes with 4 pages", true, `${firstRoundSeconds.toFixed(1)} s after starting webfl serve`);
+    // This browser has no WebGPU (no --enable-unsafe-webgpu): every page says it fell back.
+    const shown = await pages[0].evaluate(() => [document.body.dataset.backend, document.getElementById("backend-why").textContent]);
+    check(
+      "without WebGPU the page trains on the CPU and says why",
+      shown[0] === "cpu" && shown[1].startsWith("WebGPU unavailable"),
+      `${shown[0]}: ${shown[1]}`,
+    );
 
     // 2. A reloaded tab resumes as the same client.
     const idOf = (page) =>
@@ -325,6 +332,10 @@ async function main() {
       rmSync(privateDir, { recursive: true, force: true });
     }
 
+    // 8. WebGPU (here Chromium's software adapter, SwiftShader): one page forced onto WebGPU and
+    // one choosing by a probe; both contribute accepted updates and say which engine runs and why.
+    report.webgpu = await webgpuPhase(pageErrors);
+
     writeFileSync(join(OUT, "report.json"), JSON.stringify(report, null, 2));
     console.log(JSON.stringify({ ...report, rounds: undefined, checks: undefined }, null, 2));
   } finally {
@@ -332,6 +343,59 @@ async function main() {
     await browser.close().catch(() => {});
     server.kill("SIGKILL");
     rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+async function webgpuPhase(pageErrors) {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "webfl-e2e-webgpu-"));
+  const server = await startServer(port, dir, "server-webgpu.log", "tests/e2e/webgpu-task.toml");
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"],
+  });
+  try {
+    const base = `http://127.0.0.1:${port}`;
+    const pages = [];
+    // 1/64 of the data each (125 examples): the software adapter is slow.
+    for (const [i, backend] of [[0, "webgpu"], [1, "auto"]]) {
+      const page = await browser.newPage();
+      page.on("pageerror", (e) => pageErrors.push(`webgpu page ${i}: ${e.message}`));
+      page.on("console", (m) => m.type() === "error" && pageErrors.push(`webgpu page ${i} console: ${m.text()}`));
+      await page.goto(`${base}/?partition=iid&client=${i}&of=64&backend=${backend}&autostart=1`);
+      pages.push(page);
+    }
+    const roundsOf = (page) => page.evaluate(() => window.webflLog.filter((e) => e.type === "round"));
+    const [forced] = await waitFor("a round trained on WebGPU", async () => {
+      const fatal = await pages[0].evaluate(() => window.webflLog.find((e) => e.type === "error" && e.fatal));
+      if (fatal) throw new Error(`the WebGPU page stopped: ${fatal.message}`);
+      const rounds = await roundsOf(pages[0]);
+      return rounds.length > 0 ? rounds : undefined;
+    }, 180_000);
+    const forcedShown = await pages[0].evaluate(() => [document.body.dataset.backend, document.getElementById("backend-why").textContent]);
+    check(
+      "a page on WebGPU contributes an accepted update",
+      forced.backend === "webgpu" && forcedShown[0] === "webgpu" && forcedShown[1].includes("backend=webgpu"),
+      `round ${forced.round}: ${forced.examples} examples trained in ${forced.train_ms.toFixed(0)} ms on ${forcedShown[1]}`,
+    );
+    const choice = await waitFor("the probe's choice", () =>
+      pages[1].evaluate(() => window.webflLog.find((e) => e.type === "backend")), 120_000);
+    await waitFor("a round on the probed engine", async () => (await roundsOf(pages[1])).length > 0 || undefined, 180_000);
+    check(
+      "with WebGPU and the CPU both present the page times both and takes the faster",
+      choice.cpu_samples_per_s > 0 && choice.gpu_samples_per_s > 0 &&
+        choice.backend === (choice.gpu_samples_per_s > choice.cpu_samples_per_s ? "webgpu" : "cpu"),
+      `${choice.backend}: ${choice.reason} (WebGPU ${choice.gpu_samples_per_s.toFixed(0)}, CPU ${choice.cpu_samples_per_s.toFixed(0)} samples/s on ${choice.adapter})`,
+    );
+    await pages[1].screenshot({ path: join(OUT, "contribute-webgpu-probe.png"), fullPage: true });
+    return {
+      forced_webgpu_round: { examples: forced.examples, train_ms: forced.train_ms },
+      probe: choice,
+    };
+  } finally {
+    await browser.close().catch(() => {});
+    server.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
