@@ -181,7 +181,9 @@ fn emit(rows: &[Row], json: bool) {
         if json {
             println!("{}", serde_json::to_string(r).unwrap_or_default());
         } else {
-            println!("{:<32} {:>12.1} {}", r.case, r.value, r.unit);
+            // Ratios need more digits than rates.
+            let digits = if r.unit == "x" { 3 } else { 1 };
+            println!("{:<32} {:>12.digits$} {}", r.case, r.value, r.unit);
         }
     }
 }
