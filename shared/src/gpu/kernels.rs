@@ -69,6 +69,9 @@ pub(crate) struct Kernels {
     pub max_groups: u32,
 }
 
+/// Rows and columns of C per matmul workgroup.
+const TILE: u64 = 32;
+
 /// Sixteen u32 parameters of one dispatch.
 pub(crate) type Args = [u32; 16];
 
@@ -185,17 +188,17 @@ impl Kernels {
         Ok([x as u32, y as u32, 1])
     }
 
-    /// The grid of a matmul with `m` rows and `n` columns (64×64 tiles; column tiles spill into z).
+    /// The grid of a matmul with `m` rows and `n` columns (32×32 tiles; column tiles spill into z).
     pub fn matmul_grid(&self, m: usize, n: usize) -> Result<[u32; 3], GpuError> {
         let max = u64::from(self.max_groups);
-        let (tm, tn) = ((m as u64).div_ceil(64), (n as u64).div_ceil(64));
+        let (tm, tn) = ((m as u64).div_ceil(TILE), (n as u64).div_ceil(TILE));
         let x = tn.clamp(1, max);
         let z = tn.div_ceil(x).max(1);
         if tm > max || z > max {
             return Err(GpuError::TooLarge {
                 what: format!("a {m}×{n} matrix product"),
                 bytes: (m * n * 4) as u64,
-                limit: max * 64 * 4,
+                limit: max * TILE * 4,
             });
         }
         Ok([x as u32, tm.max(1) as u32, z as u32])
