@@ -21,6 +21,9 @@ const EVAL_BATCH: usize = 256;
 /// Steps recorded per command buffer / submit.
 const STEPS_PER_SUBMIT: usize = 64;
 
+/// Longest rows a bias gradient sums in one invocation (longer ones use a tree reduction).
+const SERIAL_SUM_ROWS: u32 = 512;
+
 /// A real fault to provoke on the next `train()` (for the client's CPU-fallback tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GpuFault {
@@ -125,6 +128,20 @@ impl<'a> Recorder<'a> {
     fn elementwise(&mut self, kernel: Kernel, a: &[u32], bufs: Vec<&'a wgpu::Buffer>) -> Result<(), GpuError> {
         let groups = self.k.grid(u64::from(a[0]).div_ceil(256))?;
         self.push(kernel, a, bufs, groups);
+        Ok(())
+    }
+
+    /// Sums of `a[1]` strided rows per output (`a`: outputs, R, so, sr, in_off, out_off): one
+    /// invocation per output for short rows, a workgroup tree reduction per output for long ones.
+    fn bias_grad(&mut self, a: &[u32; 6], bufs: Vec<&'a wgpu::Buffer>) -> Result<(), GpuError> {
+        let outputs = u64::from(a[0]);
+        if a[1] <= SERIAL_SUM_ROWS {
+            let groups = self.k.grid(outputs.div_ceil(64))?;
+            self.push(Kernel::BiasGradSerial, a, bufs, groups);
+        } else {
+            let groups = self.k.grid(outputs)?;
+            self.push(Kernel::BiasGrad, a, bufs, groups);
+        }
         Ok(())
     }
 
@@ -424,12 +441,7 @@ impl GpuBackend {
                 match op {
                     Op::Dense { inp, out, w, b: bo } => {
                         bw.matmul((*out, *inp, b), (dy, 0, 1, *out), (x, 0, *inp, 1), None, (&bufs.grads, *w, *inp))?;
-                        bw.push(
-                            Kernel::BiasGrad,
-                            &[u(*out), u(b), 1, u(*out), 0, u(*bo)],
-                            vec![dy, &bufs.grads],
-                            k.grid(*out as u64)?,
-                        );
+                        bw.bias_grad(&[u(*out), u(b), 1, u(*out), 0, u(*bo)], vec![dy, &bufs.grads])?;
                         if need {
                             bw.matmul(
                                 (b, *inp, *out),
@@ -456,7 +468,7 @@ impl GpuBackend {
                             (&bufs.grads, *w, kl),
                         )?;
                         let a = [u(oc), u(b * p), u(b * p), 1, 0, u(*bo)];
-                        bw.push(Kernel::BiasGrad, &a, vec![&bufs.scratch, &bufs.grads], k.grid(oc as u64)?);
+                        bw.bias_grad(&a, vec![&bufs.scratch, &bufs.grads])?;
                         if need {
                             bw.matmul(
                                 (kl, b * p, oc),

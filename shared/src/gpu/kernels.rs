@@ -22,13 +22,14 @@ pub(crate) enum Kernel {
     Dropout,
     Loss,
     BiasGrad,
+    BiasGradSerial,
     Sgd,
 }
 
 use Bind::{Read as R, Write as W};
 
 impl Kernel {
-    const ALL: [Kernel; 12] = [
+    const ALL: [Kernel; 13] = [
         Kernel::Matmul,
         Kernel::Im2col,
         Kernel::Col2im,
@@ -40,6 +41,7 @@ impl Kernel {
         Kernel::Dropout,
         Kernel::Loss,
         Kernel::BiasGrad,
+        Kernel::BiasGradSerial,
         Kernel::Sgd,
     ];
 
@@ -56,6 +58,7 @@ impl Kernel {
             Kernel::Dropout => (include_str!("eltwise.wgsl"), "dropout", &[R, R, R, W]),
             Kernel::Loss => (include_str!("loss.wgsl"), "main", &[R, R, W, W]),
             Kernel::BiasGrad => (include_str!("reduce.wgsl"), "main", &[R, W]),
+            Kernel::BiasGradSerial => (include_str!("reduce.wgsl"), "serial", &[R, W]),
             Kernel::Sgd => (include_str!("sgd.wgsl"), "main", &[R, R, W, W]),
         }
     }

@@ -31,3 +31,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         dst[pu(5u) + o] = part[0];
     }
 }
+
+// The same sums for short rows (R ≤ a few hundred, e.g. dense bias gradients over a batch): one
+// invocation per output, no workgroup memory or barriers (which CPU implementations pay dearly for).
+@compute @workgroup_size(64)
+fn serial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let o = (wid.x + wid.y * nwg.x) * 64u + li;
+    if (o >= pu(0u)) {
+        return;
+    }
+    let rows = pu(1u);
+    let sr = pu(3u);
+    var idx = pu(4u) + o * pu(2u);
+    var s = 0.0;
+    for (var r = 0u; r < rows; r++) {
+        s += src[idx];
+        idx += sr;
+    }
+    dst[pu(5u) + o] = s;
+}
