@@ -57,7 +57,7 @@ function parseArgs(argv) {
   opts.min ??= opts.quick ? 0.2 : 1.5;
   if (!(opts.min >= 0)) throw new Error("--min must be a non-negative number of seconds");
   // Per tfjs measurement, warm-up included: past it the page times 2 steps and notes the cap.
-  opts.cap ??= opts.quick ? 10 : 45;
+  opts.cap ??= opts.quick ? 10 : 30;
   if (!(opts.cap > 0)) throw new Error("--cap must be a positive number of seconds");
   return opts;
 }
@@ -161,17 +161,28 @@ function passes(opts) {
   return out;
 }
 
-/** Polls the page until it sets data-done, echoing its status line whenever it changes. */
+/** Polls the page until it sets data-done, echoing its status line whenever it changes and each
+ * result and note as it arrives (a full run takes minutes). */
 async function waitUntilDone(page, pageErrors, timeoutMin) {
   let last = "";
-  const until = Date.now() + timeoutMin * 60_000;
+  let [rows, notes] = [0, 0];
+  const started = Date.now();
+  const until = started + timeoutMin * 60_000;
   for (;;) {
-    const state = await page.evaluate(() => ({
+    const state = await page.evaluate(([r, n]) => ({
       done: document.body.dataset.done === "true",
       status: document.getElementById("bench-state")?.textContent ?? "",
-    }));
+      rows: window.benchResults?.slice(r) ?? [],
+      notes: window.benchNotes?.slice(n) ?? [],
+    }), [rows, notes]);
+    const t = `${((Date.now() - started) / 1e3).toFixed(0).padStart(4)} s`;
+    for (const r of state.rows)
+      console.log(`${t}    = ${r.engine} ${r.model} ${r.mode} B=${r.batch}: ${fmtRate(r.samples_per_s)} samples/s${r.path ? ` (${r.path})` : ""}`);
+    for (const n of state.notes) console.log(`${t}    - ${n.engine} ${n.model ?? ""} B=${n.batch ?? ""} ${n.mode ?? ""}: ${n.kind}: ${n.error}`);
+    rows += state.rows.length;
+    notes += state.notes.length;
     if (state.status !== last) {
-      console.log(`  ${state.status}`);
+      console.log(`${t}  ${state.status}`);
       last = state.status;
     }
     if (state.done || pageErrors.length) return;
