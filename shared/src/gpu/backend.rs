@@ -156,10 +156,12 @@ impl<'a> Recorder<'a> {
     ) -> Result<(), GpuError> {
         let (bb, bo, mode) = bias.unwrap_or((a.0, 0, 0));
         let v = [m, n, k, a.1, a.2, a.3, b.1, b.2, b.3, c.1, c.2, bo].map(|x| x as u32);
-        let groups = self.k.matmul_grid(m, n)?;
+        // 8×8 outputs per invocation where the product is wide enough both ways, else 4×4.
+        let (kernel, tile) = if m >= 64 && n >= 64 { (Kernel::Matmul8, 64) } else { (Kernel::Matmul, 32) };
+        let groups = self.k.matmul_grid(m, n, tile)?;
         let mut all = v.to_vec();
         all.extend([mode, 0]);
-        self.push(Kernel::Matmul, &all, vec![a.0, b.0, bb, c.0], groups);
+        self.push(kernel, &all, vec![a.0, b.0, bb, c.0], groups);
         Ok(())
     }
 

@@ -336,9 +336,10 @@ pub async fn finite_differences<E: TestEngine>(e: &mut E) {
     }
 }
 
-/// Matrix products whose sizes are not multiples of the tile, plain and transposed (rel 1e-4).
+/// Matrix products whose sizes are not multiples of the tile (both matmul kernels), plain and
+/// transposed (rel 1e-4).
 pub async fn matmul_odd_sizes<E: TestEngine>(e: &mut E) {
-    for (m, n, k) in [(1, 1, 1), (17, 33, 65), (130, 7, 129)] {
+    for (m, n, k) in [(1, 1, 1), (17, 33, 65), (130, 7, 129), (97, 71, 33)] {
         let a = random(m * k, 1);
         let b = random(k * n, 2);
         for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (n, 1)), ((k, 1), (1, k)), ((1, m), (1, k))] {

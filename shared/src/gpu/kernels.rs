@@ -12,6 +12,7 @@ enum Bind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
     Matmul,
+    Matmul8,
     Im2col,
     Col2im,
     Permute,
@@ -29,8 +30,9 @@ pub(crate) enum Kernel {
 use Bind::{Read as R, Write as W};
 
 impl Kernel {
-    const ALL: [Kernel; 13] = [
+    const ALL: [Kernel; 14] = [
         Kernel::Matmul,
+        Kernel::Matmul8,
         Kernel::Im2col,
         Kernel::Col2im,
         Kernel::Permute,
@@ -48,6 +50,7 @@ impl Kernel {
     fn source(self) -> (&'static str, &'static str, &'static [Bind]) {
         match self {
             Kernel::Matmul => (include_str!("matmul.wgsl"), "main", &[R, R, R, W]),
+            Kernel::Matmul8 => (include_str!("matmul.wgsl"), "main8", &[R, R, R, W]),
             Kernel::Im2col => (include_str!("conv.wgsl"), "im2col", &[R, W]),
             Kernel::Col2im => (include_str!("conv.wgsl"), "col2im", &[R, W]),
             Kernel::Permute => (include_str!("permute.wgsl"), "main", &[R, R, W]),
@@ -71,9 +74,6 @@ pub(crate) struct Kernels {
     pub uniform_stride: u64,
     pub max_groups: u32,
 }
-
-/// Rows and columns of C per matmul workgroup.
-const TILE: u64 = 32;
 
 /// Sixteen u32 parameters of one dispatch.
 pub(crate) type Args = [u32; 16];
@@ -191,17 +191,18 @@ impl Kernels {
         Ok([x as u32, y as u32, 1])
     }
 
-    /// The grid of a matmul with `m` rows and `n` columns (32×32 tiles; column tiles spill into z).
-    pub fn matmul_grid(&self, m: usize, n: usize) -> Result<[u32; 3], GpuError> {
+    /// The grid of a matmul with `m` rows and `n` columns in `tile`×`tile` workgroup tiles
+    /// (column tiles spill into z).
+    pub fn matmul_grid(&self, m: usize, n: usize, tile: u64) -> Result<[u32; 3], GpuError> {
         let max = u64::from(self.max_groups);
-        let (tm, tn) = ((m as u64).div_ceil(TILE), (n as u64).div_ceil(TILE));
+        let (tm, tn) = ((m as u64).div_ceil(tile), (n as u64).div_ceil(tile));
         let x = tn.clamp(1, max);
         let z = tn.div_ceil(x).max(1);
         if tm > max || z > max {
             return Err(GpuError::TooLarge {
                 what: format!("a {m}×{n} matrix product"),
                 bytes: (m * n * 4) as u64,
-                limit: max * TILE * 4,
+                limit: max * tile * 4,
             });
         }
         Ok([x as u32, tm.max(1) as u32, z as u32])
