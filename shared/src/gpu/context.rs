@@ -78,8 +78,13 @@ impl GpuContext {
             wgpu::DeviceType::Other => "other",
         };
         let backend = self.info.backend.to_string().to_lowercase();
-        // Browsers may hide the adapter's name; the device type still tells a software fallback.
-        let name = if self.info.name.is_empty() { "unnamed adapter" } else { self.info.name.as_str() };
+        // Browsers may hide the adapter's name (wgpu maps only GPUAdapterInfo.description); the
+        // device type still tells a software fallback such as Chromium's SwiftShader.
+        let name = match (self.info.name.is_empty(), self.info.device_type) {
+            (false, _) => self.info.name.as_str(),
+            (true, wgpu::DeviceType::Cpu) => "software fallback adapter",
+            (true, _) => "unnamed adapter",
+        };
         format!("{name} · {backend} · {kind}")
     }
 
