@@ -402,7 +402,7 @@ impl GpuBackend {
                     let (p, kl, oc) = (g.patches(), g.patch_len(), g.out_channels);
                     let geo =
                         [g.in_channels, g.height, g.width, g.kernel, g.stride, g.pad, g.out_height(), g.out_width(), b];
-                    let mut a = vec![u(kl * b * p)];
+                    let mut a = vec![u(kl * b * g.out_height())];
                     a.extend(geo.map(u));
                     fw.elementwise(Kernel::Im2col, &a, vec![x, cols])?;
                     fw.matmul(

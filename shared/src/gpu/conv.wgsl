@@ -4,7 +4,9 @@
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-// dst = cols[C·K·K, B·P] from src = x[B, C, H, W].
+// dst = cols[C·K·K, B·P] from src = x[B, C, H, W]: one invocation per (row, image, output row)
+// writes the OW outputs of that row (the divisions are paid once per row, not per element).
+// Here p0 is C·K·K · B · OH.
 @compute @workgroup_size(256)
 fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
@@ -16,26 +18,41 @@ fn im2col(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let h = pu(2u);
     let w = pu(3u);
     let k = pu(4u);
+    let s = pu(5u);
+    let pad = i32(pu(6u));
     let oh = pu(7u);
     let ow = pu(8u);
-    let bp = pu(9u) * oh * ow;
-    let row = idx / bp;
-    let col = idx % bp;
-    let bi = col / (oh * ow);
-    let p = col % (oh * ow);
+    let batch = pu(9u);
+    let pp = oh * ow;
+    let oy = idx % oh;
+    let t = idx / oh;
+    let bi = t % batch;
+    let row = t / batch;
     let c = row / (k * k);
     let ki = (row / k) % k;
     let kj = row % k;
-    let iy = i32((p / ow) * pu(5u) + ki) - i32(pu(6u));
-    let ix = i32((p % ow) * pu(5u) + kj) - i32(pu(6u));
-    var v = 0.0;
-    if (iy >= 0 && iy < i32(h) && ix >= 0 && ix < i32(w)) {
-        v = src[((bi * ch + c) * h + u32(iy)) * w + u32(ix)];
+    let iy = i32(oy * s + ki) - pad;
+    let o = row * batch * pp + bi * pp + oy * ow;
+    if (iy < 0 || iy >= i32(h)) {
+        for (var ox = 0u; ox < ow; ox++) {
+            dst[o + ox] = 0.0;
+        }
+        return;
     }
-    dst[idx] = v;
+    let base = ((bi * ch + c) * h + u32(iy)) * w;
+    var ix = i32(kj) - pad;
+    for (var ox = 0u; ox < ow; ox++) {
+        var v = 0.0;
+        if (ix >= 0 && ix < i32(w)) {
+            v = src[base + u32(ix)];
+        }
+        dst[o + ox] = v;
+        ix += i32(s);
+    }
 }
 
-// dst = dx[B, C, H, W] gathered from src = dcols[C·K·K, B·P].
+// dst = dx[B, C, H, W] gathered from src = dcols[C·K·K, B·P]: only the output positions whose
+// window covers (iy, ix) are visited (bounds from two divisions per axis), in ascending (ki, kj).
 @compute @workgroup_size(256)
 fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
@@ -46,7 +63,7 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let ch = pu(1u);
     let h = pu(2u);
     let w = pu(3u);
-    let k = pu(4u);
+    let k = i32(pu(4u));
     let s = i32(pu(5u));
     let pad = i32(pu(6u));
     let oh = i32(pu(7u));
@@ -57,19 +74,19 @@ fn col2im(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let iy = i32((idx / w) % h);
     let c = (idx / (w * h)) % ch;
     let bi = idx / (w * h * ch);
+    let ty = iy + pad;
+    let tx = ix + pad;
+    let oy_lo = (max(ty - k + 1, 0) + s - 1) / s;
+    let oy_hi = min(ty / s, oh - 1);
+    let ox_lo = (max(tx - k + 1, 0) + s - 1) / s;
+    let ox_hi = min(tx / s, ow - 1);
+    let base = bi * pp;
     var sum = 0.0;
-    for (var ki = 0; ki < i32(k); ki++) {
-        let ty = iy + pad - ki;
-        if (ty < 0 || ty % s != 0 || ty / s >= oh) {
-            continue;
-        }
-        for (var kj = 0; kj < i32(k); kj++) {
-            let tx = ix + pad - kj;
-            if (tx < 0 || tx % s != 0 || tx / s >= ow) {
-                continue;
-            }
-            let row = (c * k + u32(ki)) * k + u32(kj);
-            sum += src[row * bp + bi * pp + u32((ty / s) * ow + tx / s)];
+    for (var oy = oy_hi; oy >= oy_lo; oy--) {
+        let ki = u32(ty - oy * s);
+        for (var ox = ox_hi; ox >= ox_lo; ox--) {
+            let row = (c * u32(k) + ki) * u32(k) + u32(tx - ox * s);
+            sum += src[row * bp + base + u32(oy * ow + ox)];
         }
     }
     dst[idx] = sum;
