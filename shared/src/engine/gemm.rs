@@ -1,5 +1,11 @@
 //! Single-precision GEMM through `matrixmultiply`, which has AVX2/FMA kernels natively and a
 //! SIMD128 kernel on wasm32, and takes arbitrary row/column strides so transposes are free.
+//! On wasm32 the skinny products of training go to our own unpacked kernels instead
+//! ([`wasm`], which says why).
+
+#[cfg(target_arch = "wasm32")]
+#[path = "gemm_wasm.rs"]
+pub mod wasm;
 
 /// A strided matrix view: element (i, j) lives at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -39,9 +45,43 @@ pub fn gemm(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
         c[..m * n].iter_mut().for_each(|v| *v *= beta);
         return;
     }
-    // The bounds checks make the unsafe call sound: every index matrixmultiply touches is
-    // at most max_index() of its operand.
+    // The bounds checks make the unsafe calls sound: every index the kernels touch is at most
+    // max_index() of its operand.
     assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
+    #[cfg(target_arch = "wasm32")]
+    {
+        // SAFETY: m, k, n >= 1, operands bounds-checked above, c.len() >= m·n.
+        // Measured in Chromium against matrixmultiply (client/tests/cpu_gemm.rs shapes): the
+        // unpacked kernels win 1.1–3.5× on the dense layers at batch 10–50 and the CNN's
+        // per-sample convolutions, but lose (~0.65–0.9×) when a large A meets a wide B (the CNN's
+        // 3136→512 layer at batch 50), where packing keeps the strips in cache.
+        if b.cs == 1 && !(m * k >= 16_384 && n >= 1024) {
+            unsafe { wasm::gemm_rows(m, k, n, alpha, a.data.as_ptr(), a.rs, a.cs, b.data.as_ptr(), b.rs, beta, c) };
+            return;
+        }
+        if a.cs == 1 && b.rs == 1 {
+            unsafe { wasm::gemm_dots(m, k, n, alpha, a.data.as_ptr(), a.rs, b.data.as_ptr(), b.cs, beta, c) };
+            return;
+        }
+    }
+    gemm_matrixmultiply(alpha, a, b, beta, c);
+}
+
+/// [`gemm`] always through `matrixmultiply` (the reference the wasm kernels are measured
+/// against). Panics like [`gemm`] on mismatched or out-of-bounds operands.
+pub fn gemm_matrixmultiply(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "gemm inner dimensions differ");
+    assert!(c.len() >= m * n, "gemm output too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|v| *v *= beta);
+        return;
+    }
+    assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
+    // SAFETY: every index matrixmultiply touches is at most max_index() of its operand.
     unsafe {
         matrixmultiply::sgemm(
             m,
