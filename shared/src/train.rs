@@ -149,6 +149,18 @@ pub trait Backend {
     fn evaluate(&mut self, params: &Params, data: &Dataset) -> Result<EvalStats, TrainError>;
 }
 
+/// Whether `data` fits a model with `input_len` values per sample and `classes` outputs; every
+/// backend checks this before training or evaluating.
+pub fn check_fits(data: &Dataset, input_len: usize, classes: usize) -> Result<(), TrainError> {
+    if data.sample_len() != input_len {
+        return Err(TrainError::InputMismatch { model: input_len, data: data.sample_len() });
+    }
+    if data.classes > classes {
+        return Err(TrainError::ClassMismatch { model: classes, data: data.classes });
+    }
+    Ok(())
+}
+
 /// Batch size used for evaluation; large enough to amortise GEMM setup.
 const EVAL_BATCH: usize = 256;
 
@@ -168,13 +180,7 @@ impl CpuBackend {
     }
 
     fn check_data(&self, data: &Dataset) -> Result<(), TrainError> {
-        if data.sample_len() != self.net.input_len() {
-            return Err(TrainError::InputMismatch { model: self.net.input_len(), data: data.sample_len() });
-        }
-        if data.classes > self.net.classes() {
-            return Err(TrainError::ClassMismatch { model: self.net.classes(), data: data.classes });
-        }
-        Ok(())
+        check_fits(data, self.net.input_len(), self.net.classes())
     }
 
     fn workspace(&mut self, capacity: usize) -> Workspace {

@@ -24,8 +24,10 @@ pub enum Mode<'a> {
     Eval,
 }
 
+/// One compiled layer: its geometry and where its parameters live in the flat vector. Other
+/// backends compile their own plans from these, so a spec is interpreted in one place.
 #[derive(Clone, Debug)]
-enum Op {
+pub enum Op {
     Dense { inp: usize, out: usize, w: Range<usize>, b: Range<usize> },
     Conv { geom: ConvGeom, w: Range<usize>, b: Range<usize> },
     Pool(PoolGeom),
@@ -144,6 +146,20 @@ impl Network {
 
     pub fn layout(&self) -> &Arc<Layout> {
         &self.layout
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Per-sample activation length before each op and after the last (`sizes[0]` is the input).
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    /// Whether op `i` must produce a gradient for its input (some earlier op has parameters).
+    pub fn needs_input_grad(&self) -> &[bool] {
+        &self.needs_input_grad
     }
 
     /// f32 values per input sample.

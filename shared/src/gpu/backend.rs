@@ -11,10 +11,11 @@ use super::kernels::{Args, Dispatch, Kernel, Kernels, f};
 use super::{GpuContext, GpuError};
 use crate::data::Dataset;
 use crate::engine::layers::{ConvGeom, PoolGeom};
-use crate::model::{Layer, ModelError, ModelSpec, conv_padding};
+use crate::engine::{self, Network};
+use crate::model::ModelSpec;
 use crate::params::{Layout, Params};
 use crate::rng::Rng;
-use crate::train::{EvalStats, Progress, TrainError, TrainPlan, TrainStats};
+use crate::train::{EvalStats, Progress, TrainError, TrainPlan, TrainStats, check_fits};
 
 /// Evaluation batch, as on the CPU (smaller when the device's buffers cannot hold it).
 const EVAL_BATCH: usize = 256;
@@ -187,56 +188,22 @@ impl<'a> Recorder<'a> {
 
 impl GpuBackend {
     pub fn new(ctx: Arc<GpuContext>, spec: &ModelSpec) -> Result<Self, GpuError> {
-        let shapes = spec.shapes()?;
-        let layout = Arc::new(spec.layout()?);
-        let mut ops = Vec::new();
-        let mut cursor = 0;
-        for (i, layer) in spec.layers.iter().enumerate() {
-            let inp = &shapes[i];
-            ops.push(match *layer {
-                Layer::Dense { out } => {
-                    let w = cursor;
-                    cursor += out * inp[0] + out;
-                    Op::Dense { inp: inp[0], out, w, b: w + out * inp[0] }
-                }
-                Layer::Conv2d { out_channels, kernel, stride, padding } => {
-                    let pad = conv_padding(kernel, stride, padding).map_err(|reason| ModelError::BadLayer {
-                        index: i,
-                        layer: format!("{layer:?}"),
-                        reason,
-                    })?;
-                    let g = ConvGeom {
-                        in_channels: inp[0],
-                        height: inp[1],
-                        width: inp[2],
-                        out_channels,
-                        kernel,
-                        stride,
-                        pad,
-                    };
-                    let w = cursor;
-                    cursor += out_channels * g.patch_len() + out_channels;
-                    Op::Conv { g, w, b: w + out_channels * g.patch_len() }
-                }
-                Layer::MaxPool2d { kernel, stride } => Op::Pool(PoolGeom {
-                    channels: inp[0],
-                    height: inp[1],
-                    width: inp[2],
-                    kernel,
-                    stride: stride.unwrap_or(kernel),
-                }),
-                Layer::Flatten => Op::Flatten,
-                Layer::Relu => Op::Relu,
-                Layer::Dropout { p } => Op::Dropout { p },
-            });
-        }
-        let mut needs_input_grad = Vec::new();
-        let mut seen = false;
-        for op in &ops {
-            needs_input_grad.push(seen);
-            seen |= matches!(op, Op::Dense { .. } | Op::Conv { .. });
-        }
-        let sizes = shapes.iter().map(|s| s.iter().product()).collect();
+        // The CPU engine interprets the spec (shapes, padding, parameter offsets); this plans from it.
+        let net = Network::new(spec)?;
+        let ops = net
+            .ops()
+            .iter()
+            .map(|op| match op {
+                engine::Op::Dense { inp, out, w, b } => Op::Dense { inp: *inp, out: *out, w: w.start, b: b.start },
+                engine::Op::Conv { geom, w, b } => Op::Conv { g: *geom, w: w.start, b: b.start },
+                engine::Op::Pool(g) => Op::Pool(*g),
+                engine::Op::Flatten => Op::Flatten,
+                engine::Op::Relu => Op::Relu,
+                engine::Op::Dropout { p } => Op::Dropout { p: *p },
+            })
+            .collect();
+        let (sizes, needs_input_grad, layout) =
+            (net.sizes().to_vec(), net.needs_input_grad().to_vec(), net.layout().clone());
         let kernels = Kernels::new(&ctx.device, &ctx.limits)?;
         Ok(Self { ctx, kernels, ops, sizes, needs_input_grad, layout, bufs: None, plans: HashMap::new(), fault: None })
     }
@@ -532,13 +499,7 @@ impl GpuBackend {
     }
 
     fn check_data(&self, data: &Dataset) -> Result<(), GpuError> {
-        if data.sample_len() != self.input_len() {
-            return Err(TrainError::InputMismatch { model: self.input_len(), data: data.sample_len() }.into());
-        }
-        if data.classes > self.classes() {
-            return Err(TrainError::ClassMismatch { model: self.classes(), data: data.classes }.into());
-        }
-        Ok(())
+        Ok(check_fits(data, self.input_len(), self.classes())?)
     }
 
     fn check_params(&self, p: &Params) -> Result<(), GpuError> {
