@@ -9,24 +9,15 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 use webfl_client::{Contributor, local::Trainer, net};
-use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::rng;
 use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
 
-wasm_bindgen_test_configure!(run_in_dedicated_worker);
+mod common;
 
-fn toy_data(n: usize) -> Dataset {
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
-    for i in 0..n {
-        let label = (i % 2) as u32;
-        let s = if label == 1 { 1.0 } else { -1.0 };
-        features.extend([s, 0.5 * s, (i % 7) as f32 / 7.0, -s]);
-        labels.push(label);
-    }
-    Dataset { sample_shape: vec![4], classes: 2, class_names: vec!["a".into(), "b".into()], features, labels }
-}
+use common::toy_data;
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
 #[wasm_bindgen_test]
 fn runs_in_a_dedicated_worker_not_on_a_page() {
