@@ -33,24 +33,31 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `c = alpha · a · b + beta · c` with `c` row-major `a.rows × b.cols`.
-pub fn gemm(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
+/// Checks the operands (panicking on mismatched or out-of-bounds views) and handles the empty
+/// cases; `Some((m, k, n))` when a product is left to compute.
+fn checked_dims(a: &Mat<'_>, b: &Mat<'_>, beta: f32, c: &mut [f32]) -> Option<(usize, usize, usize)> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm inner dimensions differ");
     assert!(c.len() >= m * n, "gemm output too small");
     if m == 0 || n == 0 {
-        return;
+        return None;
     }
     if k == 0 {
         c[..m * n].iter_mut().for_each(|v| *v *= beta);
-        return;
+        return None;
     }
-    // The bounds checks make the unsafe calls sound: every index the kernels touch is at most
+    // The bounds checks make the unsafe kernels sound: every index they touch is at most
     // max_index() of its operand.
     assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
+    Some((m, k, n))
+}
+
+/// `c = alpha · a · b + beta · c` with `c` row-major `a.rows × b.cols`.
+pub fn gemm(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
+    let Some((m, k, n)) = checked_dims(&a, &b, beta, c) else { return };
     #[cfg(target_arch = "wasm32")]
     {
-        // SAFETY: m, k, n >= 1, operands bounds-checked above, c.len() >= m·n.
+        // SAFETY: m, k, n >= 1, operands bounds-checked by checked_dims, c.len() >= m·n.
         // Measured in Chromium against matrixmultiply (client/tests/cpu_gemm.rs shapes): the
         // unpacked kernels win 1.1–3.5× on the dense layers at batch 10–50 and the CNN's
         // per-sample convolutions, but lose (~0.65–0.9×) when a large A meets a wide B (the CNN's
@@ -64,24 +71,24 @@ pub fn gemm(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
             return;
         }
     }
-    gemm_matrixmultiply(alpha, a, b, beta, c);
+    // SAFETY: checked_dims checked the operands.
+    unsafe { sgemm(m, k, n, alpha, a, b, beta, c) }
 }
 
 /// [`gemm`] always through `matrixmultiply` (the reference the wasm kernels are measured
 /// against). Panics like [`gemm`] on mismatched or out-of-bounds operands.
 pub fn gemm_matrixmultiply(alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "gemm inner dimensions differ");
-    assert!(c.len() >= m * n, "gemm output too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        c[..m * n].iter_mut().for_each(|v| *v *= beta);
-        return;
-    }
-    assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len(), "gemm operand out of bounds");
-    // SAFETY: every index matrixmultiply touches is at most max_index() of its operand.
+    let Some((m, k, n)) = checked_dims(&a, &b, beta, c) else { return };
+    // SAFETY: checked_dims checked the operands.
+    unsafe { sgemm(m, k, n, alpha, a, b, beta, c) }
+}
+
+/// # Safety
+/// The operands must have passed [`checked_dims`] with these `m, k, n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(m: usize, k: usize, n: usize, alpha: f32, a: Mat<'_>, b: Mat<'_>, beta: f32, c: &mut [f32]) {
+    // SAFETY: every index matrixmultiply touches is at most max_index() of its operand, which the
+    // caller checked.
     unsafe {
         matrixmultiply::sgemm(
             m,
