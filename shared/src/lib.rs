@@ -4,15 +4,17 @@
 //! alike, so simulation and production run the very same training and aggregation code.
 
 pub mod codec;
+pub mod coordinator;
 pub mod data;
 pub mod engine;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
 pub mod params;
+pub mod participant;
 pub mod pipeline;
 pub mod privacy;
-pub mod proto;
+pub mod protocol;
 pub mod rng;
 pub mod strategy;
 pub mod train;

@@ -35,9 +35,6 @@ use crate::params::{Layout, Params};
 use crate::rng::Rng;
 use crate::strategy::{AdaptiveClipping, CentralDpConfig};
 
-/// Content type of an upload body in the pipeline's encoding (see [`crate::codec`]).
-pub const UPDATE_CONTENT_TYPE: &str = "application/x-webfl-update";
-
 /// Where differential-privacy noise is added.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

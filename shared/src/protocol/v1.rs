@@ -1,8 +1,9 @@
-//! Protocol v1 message types: what a client and `webfl serve` say to each other.
+//! Protocol v1: what a participant and a coordinator say to each other, over HTTP in production
+//! and in-process in `webfl simulate`.
 //!
 //! Both sides (de)serialise these same structs, so the browser client and the server cannot drift
 //! apart; `docs/protocol.md` describes the exchange and `/api/openapi.json` is generated from them.
-//! Model and update bodies are safetensors (see [`crate::params`]), not JSON.
+//! Model bodies are safetensors (see [`crate::params`]), update bodies the pipeline's encoding.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,28 @@ pub mod header {
     pub const EXAMPLES: &str = "x-webfl-examples";
 }
 
+/// Content type of an upload body in the update pipeline's encoding (see [`crate::codec`]).
+pub const UPDATE_CONTENT_TYPE: &str = "application/x-webfl-update";
+/// Content type of models (and of plain safetensors updates): safetensors bytes.
+pub const SAFETENSORS_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Longest a check-in may ask the coordinator to hold it (`wait_ms`) waiting for a round.
+pub const MAX_CHECK_IN_WAIT_MS: u64 = 20_000;
+
+/// What every assignment of a task carries besides its round: how to train and what to upload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AssignmentTerms {
+    pub plan: TrainPlan,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub model: ModelSpec,
+    pub upload_limit_bytes: usize,
+    /// What to do to the update before upload: clip, noise, compress
+    /// ([`crate::pipeline::prepare`]); the upload body is its encoding.
+    #[serde(default)]
+    pub update: UpdateSpec,
+}
+
 /// `POST /api/v1/checkin`. A first check-in sends no `client_id`; later ones send it together
 /// with `Authorization: Bearer <token>`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -32,6 +55,11 @@ pub struct CheckInRequest {
     pub client_id: Option<String>,
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// How long the client is willing to wait for an assignment before the answer (long poll,
+    /// capped at 20 s): a client that would be told `retry` is instead held until a round can
+    /// take it, so it learns of a new round the moment it opens. Absent or 0: answer at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
 }
 
 /// What a client can do; informs the operator (recorded nowhere yet).
@@ -59,19 +87,47 @@ pub enum CheckInResponse {
         round: u64,
         model_version: u64,
         deadline_ms_from_now: u64,
-        plan: TrainPlan,
-        #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-        model: ModelSpec,
-        upload_limit_bytes: usize,
-        /// What to do to the update before upload: clip, noise, compress
-        /// ([`crate::pipeline::prepare`]); the upload body is its encoding.
-        #[serde(default)]
-        update: UpdateSpec,
+        #[serde(flatten)]
+        terms: AssignmentTerms,
     },
-    /// Not selected now (round full, closing, or its new version being stored).
-    Retry { client_id: String, token: String, retry_after_ms: u64 },
+    /// Not selected now: come back after `retry_after_ms` (`reason` says why).
+    Retry {
+        client_id: String,
+        token: String,
+        retry_after_ms: u64,
+        #[serde(default)]
+        reason: WaitReason,
+    },
     /// The task takes no more rounds (e.g. its privacy budget is spent): stop checking in.
     Done { client_id: String, token: String, reason: String },
+}
+
+/// Why a client was not given an assignment. None of these is an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The open round has selected all the clients it needs.
+    #[default]
+    RoundFull,
+    /// This client's update for the open round is in; the next round will take it.
+    Reported,
+    /// A round just closed and its new version is being stored.
+    Committing,
+    /// The open round's deadline passed and it is being settled.
+    Closing,
+}
+
+impl WaitReason {
+    /// In words, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            WaitReason::RoundFull => "not needed this round",
+            WaitReason::Reported => "update in; waiting for the next round",
+            WaitReason::Committing => "the new model version is being stored",
+            WaitReason::Closing => "the round is closing",
+        }
+    }
 }
 
 impl CheckInResponse {
@@ -137,9 +193,17 @@ mod tests {
 
     #[test]
     fn check_in_answers_are_tagged_by_status() {
-        let retry = CheckInResponse::Retry { client_id: "c".into(), token: "t".into(), retry_after_ms: 5 };
+        let retry = CheckInResponse::Retry {
+            client_id: "c".into(),
+            token: "t".into(),
+            retry_after_ms: 5,
+            reason: WaitReason::Reported,
+        };
         let json = serde_json::to_value(&retry).unwrap();
-        assert_eq!(json, serde_json::json!({"status": "retry", "client_id": "c", "token": "t", "retry_after_ms": 5}));
+        let want = serde_json::json!({
+            "status": "retry", "client_id": "c", "token": "t", "retry_after_ms": 5, "reason": "reported"
+        });
+        assert_eq!(json, want);
         let back: CheckInResponse = serde_json::from_value(json).unwrap();
         assert_eq!(back, retry);
         assert_eq!(back.identity(), ("c", "t"));

@@ -1,0 +1,521 @@
+//! Synchronous rounds (FedAvg-style): who is selected, when a round closes, and what happens at
+//! its deadline.
+//!
+//! A round opens on the first check-in after the previous one settled. Up to
+//! `ceil(target · over_selection)` clients are selected (over-selection absorbs stragglers and
+//! closed tabs); everyone else is told to wait. Updates stream into the strategy as they
+//! arrive. The round closes when `target` updates are in, or at its deadline with at least
+//! `min_reports` (otherwise it is abandoned, its partial aggregate discarded, and a fresh round
+//! opens on the next check-in).
+//!
+//! Pacing: a client that has reported, or was not needed, is told to wait only the task's short
+//! `retry_after` (and a long-polling driver holds it until the coordinator's state changes), never
+//! until the old round's deadline: the next round opens the moment a client checks in after the
+//! previous one settled.
+
+use std::collections::HashMap;
+
+use crate::params::Params;
+use crate::privacy::PrivacyBudget;
+use crate::protocol::WaitReason;
+use crate::strategy::{OptimizerState, Strategy, StrategyError};
+
+use super::{CheckIn, ClientId, Coordinator, PendingCommit, Resumed, RoundError, RoundPolicy, Settled, Upload};
+
+#[derive(Debug)]
+struct OpenRound {
+    id: u64,
+    opened_at_ms: u64,
+    /// Selected clients and whether each has reported.
+    selected: HashMap<ClientId, bool>,
+    reports: usize,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    Open(OpenRound),
+    /// A version is being stored; nothing is handed out until it is committed. The server
+    /// optimizer has already stepped, so its state before the step is kept to undo it.
+    Committing {
+        version: u64,
+        optimizer_before: OptimizerState,
+    },
+}
+
+/// Synchronous rounds of one task.
+pub struct SyncCoordinator {
+    policy: RoundPolicy,
+    strategy: Strategy,
+    global: Params,
+    version: u64,
+    next_round: u64,
+    rounds_completed: u64,
+    privacy: Option<PrivacyBudget>,
+    phase: Phase,
+}
+
+impl SyncCoordinator {
+    /// Starts from a committed `global` at `at.version`; `at.next_round` continues the numbering
+    /// after a restart. With a privacy budget, rounds stop once the next would overspend it.
+    pub fn new(
+        policy: RoundPolicy,
+        strategy: Strategy,
+        global: Params,
+        at: Resumed,
+        privacy: Option<PrivacyBudget>,
+    ) -> Result<Self, RoundError> {
+        policy.validate()?;
+        Ok(Self {
+            policy,
+            strategy,
+            global,
+            version: at.version,
+            next_round: at.next_round.max(1),
+            rounds_completed: at.rounds_completed,
+            privacy,
+            phase: Phase::Idle,
+        })
+    }
+
+    pub fn policy(&self) -> &RoundPolicy {
+        &self.policy
+    }
+
+    fn close(&mut self, closed_by_deadline: bool) -> Result<Settled, RoundError> {
+        let Phase::Open(open) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return Err(RoundError::NoOpenRound);
+        };
+        let mut params = self.global.clone();
+        // Empty for FedAvg; for adaptive optimizers two model-sized buffers, once per round.
+        let optimizer_before = self.strategy.optimizer_state();
+        let summary = match self.strategy.finish_round(&mut params) {
+            Ok(s) => s,
+            Err(e) => {
+                self.strategy.discard_round();
+                return Err(e.into());
+            }
+        };
+        let version = self.version + 1;
+        self.phase = Phase::Committing { version, optimizer_before };
+        Ok(Settled::Closed(Box::new(PendingCommit {
+            round: open.id,
+            opened_at_ms: open.opened_at_ms,
+            version,
+            params,
+            summary,
+            reports: open.reports,
+            selected: open.selected.len(),
+            closed_by_deadline,
+        })))
+    }
+
+    fn deadline_of(&self, open: &OpenRound) -> u64 {
+        open.opened_at_ms + self.policy.deadline_ms
+    }
+}
+
+impl Coordinator for SyncCoordinator {
+    fn check_in(&mut self, client: &str, now_ms: u64) -> CheckIn {
+        let retry_after = self.policy.retry_after_ms.max(1);
+        if matches!(self.phase, Phase::Idle) {
+            // A private task stops opening rounds once the next one would overspend its ε.
+            if let Some(budget) = &self.privacy {
+                if !budget.allows(self.rounds_completed) {
+                    let reason = format!("the task's privacy budget is spent after {} rounds", self.rounds_completed);
+                    return CheckIn::Done { reason };
+                }
+            }
+            self.phase = Phase::Open(OpenRound {
+                id: self.next_round,
+                opened_at_ms: now_ms,
+                selected: HashMap::new(),
+                reports: 0,
+            });
+            self.next_round += 1;
+        }
+        let open = match &self.phase {
+            Phase::Open(open) => open,
+            Phase::Committing { .. } => return CheckIn::Wait { ms: retry_after, reason: WaitReason::Committing },
+            Phase::Idle => return CheckIn::Wait { ms: retry_after, reason: WaitReason::Closing },
+        };
+        let deadline_at_ms = self.deadline_of(open);
+        if now_ms >= deadline_at_ms {
+            return CheckIn::Wait { ms: retry_after, reason: WaitReason::Closing };
+        }
+        let assigned = CheckIn::Assigned { round: open.id, model_version: self.version, deadline_at_ms };
+        match open.selected.get(client) {
+            Some(false) => assigned,
+            // Reported already: the next round will take it, and it opens as soon as this one
+            // settles, so the wait is short (a long poll ends it the moment that happens).
+            Some(true) => CheckIn::Wait { ms: retry_after, reason: WaitReason::Reported },
+            None if open.selected.len() < self.policy.selection_size() => {
+                if let Phase::Open(open) = &mut self.phase {
+                    open.selected.insert(client.to_string(), false);
+                }
+                assigned
+            }
+            None => CheckIn::Wait { ms: (deadline_at_ms - now_ms).min(retry_after), reason: WaitReason::RoundFull },
+        }
+    }
+
+    fn submit(&mut self, client: &str, upload: Upload<'_>, now_ms: u64) -> Result<Option<Settled>, RoundError> {
+        let Phase::Open(open) = &self.phase else { return Err(RoundError::NoOpenRound) };
+        let round = upload.round;
+        if open.id != round {
+            return Err(RoundError::WrongRound { open: open.id, got: round });
+        }
+        match open.selected.get(client) {
+            None => return Err(RoundError::NotSelected(round)),
+            Some(true) => return Err(RoundError::AlreadyReported(round)),
+            Some(false) => {}
+        }
+        if upload.model_version != self.version {
+            return Err(RoundError::WrongModelVersion { expected: self.version, got: upload.model_version });
+        }
+        if now_ms >= self.deadline_of(open) {
+            return Err(RoundError::DeadlinePassed(round));
+        }
+        if upload.examples == 0 {
+            return Err(RoundError::NoExamples);
+        }
+        upload.update.check_same_layout(&self.global).map_err(|e| StrategyError::LayoutMismatch(e.to_string()))?;
+        self.strategy.add(upload.update, upload.examples as f64)?;
+        let Phase::Open(open) = &mut self.phase else { return Err(RoundError::NoOpenRound) };
+        open.selected.insert(client.to_string(), true);
+        open.reports += 1;
+        if open.reports >= self.policy.target_reports {
+            return self.close(false).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Result<Option<Settled>, RoundError> {
+        let Phase::Open(open) = &self.phase else { return Ok(None) };
+        if now_ms < self.deadline_of(open) {
+            return Ok(None);
+        }
+        if open.reports >= self.policy.min_reports {
+            return self.close(true).map(Some);
+        }
+        let settled = Settled::Abandoned {
+            round: open.id,
+            reports: open.reports,
+            selected: open.selected.len(),
+            opened_at_ms: open.opened_at_ms,
+        };
+        self.strategy.discard_round();
+        self.phase = Phase::Idle;
+        Ok(Some(settled))
+    }
+
+    fn commit(&mut self, pending: PendingCommit) -> Result<(), RoundError> {
+        match self.phase {
+            Phase::Committing { version, .. } if version == pending.version => {
+                self.global = pending.params;
+                self.version = pending.version;
+                self.rounds_completed += 1;
+                self.phase = Phase::Idle;
+                Ok(())
+            }
+            _ => Err(RoundError::NothingToCommit),
+        }
+    }
+
+    fn abort_commit(&mut self) -> Result<(), RoundError> {
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::Committing { optimizer_before, .. } => {
+                self.strategy.restore_optimizer_state(optimizer_before)?;
+                Ok(())
+            }
+            other => {
+                self.phase = other;
+                Ok(())
+            }
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn global(&self) -> &Params {
+        &self.global
+    }
+
+    fn optimizer_state(&self) -> OptimizerState {
+        self.strategy.optimizer_state()
+    }
+
+    fn open_round(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Open(r) => Some(r.id),
+            _ => None,
+        }
+    }
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Open(r) => Some(self.deadline_of(r)),
+            _ => None,
+        }
+    }
+
+    fn rounds_completed(&self) -> u64 {
+        self.rounds_completed
+    }
+
+    fn privacy(&self) -> Option<&PrivacyBudget> {
+        self.privacy.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::params::{Layout, TensorSpec};
+    use crate::strategy::{StrategyConfig, StrategyKind};
+
+    use super::*;
+
+    fn layout() -> Arc<Layout> {
+        Arc::new(Layout::new(vec![TensorSpec::new("w", vec![2])]).unwrap())
+    }
+
+    fn p(v: [f32; 2]) -> Params {
+        Params::from_vec(layout(), v.to_vec()).unwrap()
+    }
+
+    fn policy() -> RoundPolicy {
+        RoundPolicy { target_reports: 2, over_selection: 1.5, min_reports: 1, deadline_ms: 1000, retry_after_ms: 250 }
+    }
+
+    fn fresh() -> Resumed {
+        Resumed { version: 0, next_round: 1, rounds_completed: 0 }
+    }
+
+    fn coordinator() -> SyncCoordinator {
+        let strategy = StrategyConfig::new(StrategyKind::FedAvg).build().unwrap();
+        SyncCoordinator::new(policy(), strategy, p([0.0, 0.0]), fresh(), None).unwrap()
+    }
+
+    /// `submit` with the upload spelled out positionally, as the tests read best.
+    trait SubmitExt {
+        fn up(&mut self, client: &str, round: u64, version: u64, update: &Params, examples: u64, now: u64)
+        -> Result<Option<Settled>, RoundError>;
+    }
+
+    impl SubmitExt for SyncCoordinator {
+        fn up(&mut self, client: &str, round: u64, version: u64, update: &Params, examples: u64, now: u64)
+        -> Result<Option<Settled>, RoundError> {
+            self.submit(client, Upload { round, model_version: version, update, examples }, now)
+        }
+    }
+
+    fn assigned(c: CheckIn) -> (u64, u64) {
+        match c {
+            CheckIn::Assigned { round, model_version, .. } => (round, model_version),
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn selects_with_over_selection_and_turns_the_rest_away() {
+        let mut c = coordinator();
+        assert_eq!(policy().selection_size(), 3);
+        for name in ["a", "b", "c"] {
+            assert_eq!(assigned(c.check_in(name, 0)), (1, 0));
+        }
+        assert_eq!(c.check_in("d", 10), CheckIn::Wait { ms: 250, reason: WaitReason::RoundFull });
+        // Checking in again while selected gives the same assignment (a reloaded tab resumes).
+        assert_eq!(assigned(c.check_in("a", 20)), (1, 0));
+    }
+
+    #[test]
+    fn round_closes_at_target_and_version_is_announced_only_after_commit() {
+        let mut c = coordinator();
+        c.check_in("a", 0);
+        c.check_in("b", 0);
+        assert!(c.up("a", 1, 0, &p([1.0, 2.0]), 1, 5).unwrap().is_none());
+        let Some(Settled::Closed(pending)) = c.up("b", 1, 0, &p([3.0, 0.0]), 3, 6).unwrap() else {
+            panic!("round should close at its target")
+        };
+        // Weighted FedAvg: (1·[1,2] + 3·[3,0]) / 4 = [2.5, 0.5].
+        assert_eq!(pending.params.as_slice(), &[2.5, 0.5]);
+        assert_eq!((pending.round, pending.version, pending.reports), (1, 1, 2));
+        // Not announced yet: nobody gets the new version, the old one is still current.
+        assert_eq!(c.check_in("x", 7), CheckIn::Wait { ms: 250, reason: WaitReason::Committing });
+        assert_eq!(c.version(), 0);
+        c.commit(*pending).unwrap();
+        assert_eq!(c.version(), 1);
+        assert_eq!(assigned(c.check_in("x", 8)), (2, 1));
+    }
+
+    #[test]
+    fn refusals_name_the_problem_and_change_nothing() {
+        let mut c = coordinator();
+        assert_eq!(c.up("a", 1, 0, &p([1.0, 1.0]), 1, 0).unwrap_err(), RoundError::NoOpenRound);
+        c.check_in("a", 0);
+        c.check_in("b", 0);
+        assert_eq!(c.up("z", 1, 0, &p([1.0, 1.0]), 1, 1).unwrap_err(), RoundError::NotSelected(1));
+        assert_eq!(c.up("a", 2, 0, &p([1.0, 1.0]), 1, 1).unwrap_err(), RoundError::WrongRound { open: 1, got: 2 });
+        assert_eq!(
+            c.up("a", 1, 5, &p([1.0, 1.0]), 1, 1).unwrap_err(),
+            RoundError::WrongModelVersion { expected: 0, got: 5 }
+        );
+        assert_eq!(c.up("a", 1, 0, &p([1.0, 1.0]), 0, 1).unwrap_err(), RoundError::NoExamples);
+        assert!(matches!(c.up("a", 1, 0, &p([f32::NAN, 1.0]), 1, 1), Err(RoundError::BadUpdate(_))));
+        let other = Params::zeros(Arc::new(Layout::new(vec![TensorSpec::new("w", vec![3])]).unwrap()));
+        assert!(matches!(c.up("a", 1, 0, &other, 1, 1), Err(RoundError::BadUpdate(_))));
+        assert_eq!(c.up("a", 1, 0, &p([1.0, 1.0]), 1, 1001).unwrap_err(), RoundError::DeadlinePassed(1));
+        // None of that counted: a valid update is still accepted, once.
+        assert!(c.up("a", 1, 0, &p([1.0, 1.0]), 1, 2).unwrap().is_none());
+        assert_eq!(c.up("a", 1, 0, &p([1.0, 1.0]), 1, 3).unwrap_err(), RoundError::AlreadyReported(1));
+        let Some(Settled::Closed(pending)) = c.up("b", 1, 0, &p([3.0, 3.0]), 1, 4).unwrap() else {
+            panic!("round should close")
+        };
+        assert_eq!(pending.params.as_slice(), &[2.0, 2.0]);
+    }
+
+    #[test]
+    fn deadline_closes_with_enough_reports_and_abandons_without() {
+        // One of three selected clients reports (min 1): the deadline closes the round.
+        let mut c = coordinator();
+        for name in ["a", "b", "c"] {
+            c.check_in(name, 0);
+        }
+        c.up("a", 1, 0, &p([2.0, 2.0]), 1, 10).unwrap();
+        assert!(c.tick(999).unwrap().is_none());
+        let Some(Settled::Closed(pending)) = c.tick(1000).unwrap() else { panic!("deadline should close") };
+        assert!(pending.closed_by_deadline);
+        assert_eq!(pending.params.as_slice(), &[2.0, 2.0]);
+        c.commit(*pending).unwrap();
+
+        // Nobody reports in round 2: it is abandoned, the model is unchanged, round 3 opens.
+        c.check_in("a", 2000);
+        let Some(Settled::Abandoned { round: 2, reports: 0, selected: 1, .. }) = c.tick(3000).unwrap() else {
+            panic!("round without reports should be abandoned")
+        };
+        assert_eq!(c.version(), 1);
+        assert_eq!(assigned(c.check_in("b", 3001)), (3, 1));
+        assert_eq!(c.global().as_slice(), &[2.0, 2.0]);
+    }
+
+    #[test]
+    fn an_abandoned_round_leaves_no_partial_aggregate_behind() {
+        let policy = RoundPolicy { min_reports: 2, ..policy() };
+        let strategy = StrategyConfig::new(StrategyKind::FedAvg).build().unwrap();
+        let mut c = SyncCoordinator::new(policy, strategy, p([0.0, 0.0]), fresh(), None).unwrap();
+        c.check_in("a", 0);
+        c.up("a", 1, 0, &p([100.0, 100.0]), 1, 1).unwrap();
+        assert!(matches!(c.tick(1000).unwrap(), Some(Settled::Abandoned { reports: 1, .. })));
+        c.check_in("a", 1001);
+        c.check_in("b", 1001);
+        c.up("a", 2, 0, &p([1.0, 1.0]), 1, 1002).unwrap();
+        let Some(Settled::Closed(pending)) = c.up("b", 2, 0, &p([3.0, 3.0]), 1, 1003).unwrap() else {
+            panic!("round 2 should close")
+        };
+        assert_eq!(pending.params.as_slice(), &[2.0, 2.0], "round 1's update must not leak into round 2");
+    }
+
+    #[test]
+    fn a_failed_store_keeps_the_old_version() {
+        let mut c = coordinator();
+        c.check_in("a", 0);
+        c.check_in("b", 0);
+        c.up("a", 1, 0, &p([1.0, 1.0]), 1, 1).unwrap();
+        c.up("b", 1, 0, &p([1.0, 1.0]), 1, 2).unwrap();
+        c.abort_commit().unwrap();
+        assert_eq!(c.version(), 0);
+        assert_eq!(c.global().as_slice(), &[0.0, 0.0]);
+        assert_eq!(assigned(c.check_in("a", 3)), (2, 0));
+    }
+
+    #[test]
+    fn a_failed_store_also_undoes_the_server_optimizer_step() {
+        // FedAdam keeps moments: after an aborted commit, redoing the round must give exactly
+        // what a server that never closed the round would give.
+        let adam = || {
+            let strategy = StrategyConfig::new(StrategyKind::FedAdam).build().unwrap();
+            SyncCoordinator::new(policy(), strategy, p([0.0, 0.0]), fresh(), None).unwrap()
+        };
+        let run_round = |c: &mut SyncCoordinator, round: u64, at: u64| {
+            c.check_in("a", at);
+            c.check_in("b", at);
+            c.up("a", round, 0, &p([1.0, -1.0]), 1, at + 1).unwrap();
+            match c.up("b", round, 0, &p([0.5, -0.5]), 1, at + 2).unwrap() {
+                Some(Settled::Closed(pending)) => *pending,
+                other => panic!("round should close, got {other:?}"),
+            }
+        };
+        let mut fresh = adam();
+        let want = run_round(&mut fresh, 1, 0).params;
+        let mut retried = adam();
+        run_round(&mut retried, 1, 0);
+        retried.abort_commit().unwrap();
+        let got = run_round(&mut retried, 2, 10).params;
+        assert_eq!(got.as_slice(), want.as_slice());
+    }
+
+    /// The stall seen with four tabs: a client that reported used to be told to come back at the
+    /// old round's deadline (up to a minute), so the next round opened with one client and waited.
+    #[test]
+    fn a_client_that_reported_waits_only_until_the_next_round_opens() {
+        let mut c = coordinator();
+        c.check_in("a", 0);
+        c.check_in("b", 0);
+        c.up("a", 1, 0, &p([1.0, 1.0]), 1, 10).unwrap();
+        // Round 1 is still open (b has not reported): a waits the short retry, not ~1000 ms.
+        assert_eq!(c.check_in("a", 11), CheckIn::Wait { ms: 250, reason: WaitReason::Reported });
+        let Some(Settled::Closed(pending)) = c.up("b", 1, 0, &p([1.0, 1.0]), 1, 20).unwrap() else {
+            panic!("round 1 should close")
+        };
+        c.commit(*pending).unwrap();
+        // The moment round 1 is committed, both are taken into round 2 at once.
+        assert_eq!(assigned(c.check_in("a", 21)), (2, 1));
+        assert_eq!(assigned(c.check_in("b", 21)), (2, 1));
+        assert_eq!(c.next_deadline_ms(), Some(21 + 1000));
+    }
+
+    #[test]
+    fn a_spent_privacy_budget_ends_the_task() {
+        let budget = PrivacyBudget {
+            mode: "central".into(),
+            noise_multiplier: 1.0,
+            sampling_rate: 1.0,
+            delta: 1e-5,
+            target_epsilon: Some(1e-3),
+        };
+        let strategy = StrategyConfig::new(StrategyKind::FedAvg).build().unwrap();
+        let mut c = SyncCoordinator::new(policy(), strategy, p([0.0, 0.0]), fresh(), Some(budget)).unwrap();
+        assert!(matches!(c.check_in("a", 0), CheckIn::Done { .. }));
+        assert_eq!(c.open_round(), None);
+    }
+
+    #[test]
+    fn a_commit_of_another_version_is_refused() {
+        let mut c = coordinator();
+        c.check_in("a", 0);
+        c.check_in("b", 0);
+        c.up("a", 1, 0, &p([1.0, 1.0]), 1, 1).unwrap();
+        let Some(Settled::Closed(mut pending)) = c.up("b", 1, 0, &p([1.0, 1.0]), 1, 2).unwrap() else {
+            panic!("round should close")
+        };
+        pending.version = 7;
+        assert_eq!(c.commit(*pending).unwrap_err(), RoundError::NothingToCommit);
+        assert_eq!((c.version(), c.rounds_completed()), (0, 0));
+    }
+
+    #[test]
+    fn invalid_policies_are_rejected() {
+        for bad in [
+            RoundPolicy { target_reports: 0, ..policy() },
+            RoundPolicy { min_reports: 3, ..policy() },
+            RoundPolicy { over_selection: 0.5, ..policy() },
+            RoundPolicy { deadline_ms: 0, ..policy() },
+        ] {
+            assert!(matches!(bad.validate(), Err(RoundError::BadPolicy(_))), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What the server tells operators and dashboards (`/api/status`, `/api/rounds`,
+//! `/api/clients`). These Rust types are the OpenAPI schemas (derived, never mirrored by hand),
+//! and the pages' TypeScript types are generated from that document.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/status`: the server's state for people and dashboards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Status {
+    /// The protocol version the server speaks (the `/api/vN` prefix).
+    pub protocol_version: u32,
+    /// The task's name.
+    pub task: String,
+    /// The current committed model version (0 before the first round).
+    pub model_version: u64,
+    /// Updates accepted into rounds since the server started.
+    pub updates_accepted: u64,
+    /// Rounds that produced a new version.
+    pub rounds_completed: u64,
+    /// Held-out accuracy (0..1) of the latest version that has one; null before the first round.
+    pub test_accuracy: Option<f64>,
+    /// Clients seen in the last 60 s.
+    pub clients_connected: u64,
+    /// The round currently taking updates, if any.
+    pub open_round: Option<u64>,
+    /// Encoded update bytes accepted since the server started.
+    pub bytes_up_total: u64,
+    /// Model bytes served since the server started.
+    pub bytes_down_total: u64,
+    /// The codec clients compress updates with (`none`, `q8`, `topk:F`, …).
+    pub compression: String,
+    /// Differential privacy spent so far; null when the task has none.
+    pub privacy: Option<PrivacyStatus>,
+}
+
+/// `privacy` in `GET /api/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PrivacyStatus {
+    /// `local` or `central`.
+    pub mode: String,
+    /// ε spent by the committed rounds (RDP accountant).
+    pub epsilon: Option<f64>,
+    pub delta: f64,
+    /// The budget; rounds stop when the next would exceed it.
+    pub target_epsilon: Option<f64>,
+    pub noise_multiplier: f64,
+    pub sampling_rate: f64,
+    /// Whether one more round fits the budget.
+    pub budget_left: bool,
+}
+
+/// How a round ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RoundOutcome {
+    /// Closed when its target number of updates was in.
+    Closed,
+    /// Closed at its deadline with at least the minimum number of updates.
+    ClosedByDeadline,
+    /// Fewer than the minimum by its deadline; its partial aggregate was discarded.
+    Abandoned,
+    /// Aggregated, but the new version could not be stored; discarded (never in the database).
+    StoreFailed,
+}
+
+impl RoundOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundOutcome::Closed => "closed",
+            RoundOutcome::ClosedByDeadline => "closed_by_deadline",
+            RoundOutcome::Abandoned => "abandoned",
+            RoundOutcome::StoreFailed => "store_failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "closed" => RoundOutcome::Closed,
+            "closed_by_deadline" => RoundOutcome::ClosedByDeadline,
+            "abandoned" => RoundOutcome::Abandoned,
+            "store_failed" => RoundOutcome::StoreFailed,
+            _ => return None,
+        })
+    }
+}
+
+/// One settled round (`GET /api/rounds`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RoundRecord {
+    pub round: u64,
+    pub outcome: RoundOutcome,
+    /// The version the round produced (null when it produced none).
+    pub version: Option<u64>,
+    pub selected: u64,
+    pub reports: u64,
+    /// When the round opened and settled, Unix milliseconds.
+    pub opened_at_ms: u64,
+    pub closed_at_ms: u64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// Encoded update bytes the round accepted.
+    #[serde(default)]
+    pub bytes_up: u64,
+    /// Model bytes served to clients while the round was open.
+    #[serde(default)]
+    pub bytes_down: u64,
+    /// Updates the server's norm bound (or central DP's clip) scaled down.
+    #[serde(default)]
+    pub clipped: u64,
+    /// L2 norm of the aggregated update, before the server optimizer (null without a version).
+    #[serde(default)]
+    pub update_norm: Option<f64>,
+}
+
+/// What the operator sees about a client (`GET /api/clients`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub rounds_completed: u64,
+    pub failures: u64,
+    pub last_round_trip_ms: Option<u64>,
+    /// Encoded update bytes this client has had accepted.
+    #[serde(default)]
+    pub bytes_up: u64,
+}
