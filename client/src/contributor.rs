@@ -1,6 +1,6 @@
 //! The contribution loop a Web Worker runs: check in, download the global model, train on local
 //! data, upload the update, repeat — until stopped. Protocol v1 (`docs/protocol.md`), with the
-//! message types shared with the server (`webfl_shared::proto`).
+//! message types shared with the server (`webfl_shared::protocol`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -14,7 +14,7 @@ use webfl_shared::codec::ErrorFeedback;
 use webfl_shared::data::Dataset;
 use webfl_shared::params::Params;
 use webfl_shared::pipeline::{self, Prepared, UpdateSpec};
-use webfl_shared::proto::{self, Capabilities, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
+use webfl_shared::protocol::{self as proto, Capabilities, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
 use webfl_shared::rng;
 use webfl_shared::train::TrainPlan;
 
@@ -285,6 +285,7 @@ impl Inner {
         let request = CheckInRequest {
             client_id: self.identity.borrow().as_ref().map(|(id, _)| id.clone()),
             capabilities: Capabilities { backends: vec![backend.to_string()], examples: Some(examples as u64) },
+            wait_ms: Some(proto::MAX_CHECK_IN_WAIT_MS),
         };
         let body = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let auth = self.auth_header();
@@ -319,8 +320,8 @@ impl Inner {
             match self.check_in(data.len(), backend).await? {
                 CheckInResponse::Retry { retry_after_ms, .. } => return Ok(Step::Retry(retry_after_ms)),
                 CheckInResponse::Done { reason, .. } => return Ok(Step::Done(reason)),
-                CheckInResponse::Assigned { client_id, token, round, model_version, plan, model, update, .. } => {
-                    (client_id, token, round, model_version, plan, model, update)
+                CheckInResponse::Assigned { client_id, token, round, model_version, terms, .. } => {
+                    (client_id, token, round, model_version, terms.plan, terms.model, terms.update)
                 }
             };
 
@@ -362,7 +363,7 @@ impl Inner {
         let auth = format!("Bearer {token}");
         let (examples, version) = (update.stats.examples.to_string(), model_version.to_string());
         let headers = [
-            ("content-type", pipeline::UPDATE_CONTENT_TYPE),
+            ("content-type", proto::UPDATE_CONTENT_TYPE),
             ("authorization", auth.as_str()),
             (proto::header::CLIENT, client_id.as_str()),
             (proto::header::MODEL_VERSION, version.as_str()),

@@ -4,7 +4,7 @@
 use webfl_shared::data::csv::{CsvOptions, parse_csv};
 use webfl_shared::data::partition::{Partition, partition};
 use webfl_shared::data::{Dataset, mnist};
-use webfl_shared::proto::DatasetInfo;
+use webfl_shared::protocol::DatasetInfo;
 
 use crate::ClientError;
 

@@ -61,14 +61,14 @@ impl Reply {
 
     /// The server's `{"error", "message"}` body as one line, or the raw status.
     pub fn error_text(&self) -> String {
-        match serde_json::from_slice::<webfl_shared::proto::ErrorBody>(&self.body) {
+        match serde_json::from_slice::<webfl_shared::protocol::ErrorBody>(&self.body) {
             Ok(e) => format!("{} ({}): {}", self.status, e.error, e.message),
             Err(_) => format!("HTTP {}", self.status),
         }
     }
 
     pub fn error_code(&self) -> Option<String> {
-        serde_json::from_slice::<webfl_shared::proto::ErrorBody>(&self.body).ok().map(|e| e.error)
+        serde_json::from_slice::<webfl_shared::protocol::ErrorBody>(&self.body).ok().map(|e| e.error)
     }
 }
 

@@ -34,20 +34,25 @@ use axum::routing::{any, get, post};
 use serde_json::json;
 use tower_http::services::{ServeDir, ServeFile};
 use webfl_shared::codec::Compression;
+use webfl_shared::coordinator::{
+    CheckIn, Coordinator, PendingCommit, Resumed, RoundError, RoundPolicy, Settled, SyncCoordinator, Upload,
+};
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
 use webfl_shared::pipeline::{self, UpdateSpec};
-use webfl_shared::privacy::accountant;
-use webfl_shared::proto::{self, CheckInRequest, CheckInResponse, DatasetInfo, TaskInfo, UploadResponse};
+use webfl_shared::privacy::PrivacyBudget;
+use webfl_shared::protocol::{
+    self as proto, AssignmentTerms, CheckInRequest, DatasetInfo, RoundOutcome, RoundRecord, Status, TaskInfo,
+    UploadResponse,
+};
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 
-use crate::rounds::{CheckIn, Coordinator, PendingCommit, RoundError, RoundPolicy, Settled};
 use crate::simulate;
-use crate::store::{MemoryStore, RoundOutcome, RoundRecord, TaskStore, unix_ms};
+use crate::store::{MemoryStore, TaskStore, unix_ms};
 
-pub use webfl_shared::proto::PROTOCOL_VERSION;
+pub use webfl_shared::protocol::PROTOCOL_VERSION;
 /// A client counts as connected for this long after its last request.
 const CONNECTED_WINDOW_MS: u64 = 60_000;
 /// How stale a client's stored last-seen time may get while it keeps polling.
@@ -86,37 +91,6 @@ pub struct TaskSetup {
     pub privacy: Option<PrivacyBudget>,
 }
 
-/// How a private task spends its privacy: each committed round is one step of a (subsampled)
-/// Gaussian mechanism with this noise multiplier and sampling rate.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PrivacyBudget {
-    /// `local` or `central`, for display.
-    pub mode: String,
-    pub noise_multiplier: f64,
-    pub sampling_rate: f64,
-    pub delta: f64,
-    /// Stop taking rounds once the next one would exceed this ε.
-    pub target_epsilon: Option<f64>,
-}
-
-impl PrivacyBudget {
-    /// ε after `rounds` committed rounds.
-    pub fn epsilon(&self, rounds: u64) -> Option<f64> {
-        accountant::epsilon(self.noise_multiplier, self.sampling_rate, rounds, self.delta, &accountant::DEFAULT_ORDERS)
-            .ok()
-            .map(|(eps, _)| eps)
-    }
-
-    /// Whether one more round fits the budget.
-    pub fn allows(&self, rounds_done: u64) -> bool {
-        match (self.target_epsilon, self.epsilon(rounds_done + 1)) {
-            (Some(target), Some(next)) => next <= target,
-            (Some(_), None) => false,
-            (None, _) => true,
-        }
-    }
-}
-
 /// Milliseconds on a monotonic clock; swappable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -130,7 +104,8 @@ struct Task {
     dataset: DatasetInfo,
     demo_data: Option<PathBuf>,
     update: UpdateSpec,
-    privacy: Option<PrivacyBudget>,
+    /// What every assignment carries.
+    terms: AssignmentTerms,
 }
 
 struct Client {
@@ -162,7 +137,7 @@ struct Metrics {
 }
 
 struct Inner {
-    coordinator: Coordinator,
+    coordinator: Box<dyn Coordinator>,
     clients: HashMap<String, Client>,
     store: Box<dyn TaskStore>,
     history: Vec<RoundRecord>,
@@ -175,6 +150,11 @@ pub struct AppState {
     task: Arc<Task>,
     inner: Arc<Mutex<Inner>>,
     clock: Clock,
+    /// Bumped whenever a round settles or a version is committed: what long-polling check-ins
+    /// wait for.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Commit sequences still running.
+    commits_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AppState {
@@ -219,7 +199,15 @@ impl AppState {
             }
         };
         let next_round = history.iter().map(|r| r.round).max().map_or(1, |r| r + 1);
-        let coordinator = Coordinator::new(setup.policy, strategy, global, version, next_round)?;
+        let rounds_completed = history.iter().filter(|r| r.version.is_some()).count() as u64;
+        let at = Resumed { version, next_round, rounds_completed };
+        let coordinator = SyncCoordinator::new(setup.policy, strategy, global, at, setup.privacy.clone())?;
+        let terms = AssignmentTerms {
+            plan: setup.plan.clone(),
+            model: setup.spec.clone(),
+            upload_limit_bytes,
+            update: setup.update.clone(),
+        };
         let task = Task {
             name: setup.name,
             spec: setup.spec,
@@ -229,7 +217,7 @@ impl AppState {
             dataset: setup.dataset,
             demo_data: setup.demo_data,
             update: setup.update,
-            privacy: setup.privacy,
+            terms,
         };
         // Known clients keep their tokens across restarts; none counts as connected until it calls.
         let clients = store
@@ -238,8 +226,15 @@ impl AppState {
             .into_iter()
             .map(|(id, token_hash)| (id, Client { token_hash, last_seen_ms: 0, assigned: None, persisted_at_ms: None }))
             .collect();
-        let inner = Inner { coordinator, clients, store, history, metrics: Metrics::default() };
-        Ok(Self { task: Arc::new(task), inner: Arc::new(Mutex::new(inner)), clock })
+        let inner = Inner { coordinator: Box::new(coordinator), clients, store, history, metrics: Metrics::default() };
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Ok(Self {
+            task: Arc::new(task),
+            inner: Arc::new(Mutex::new(inner)),
+            clock,
+            changed: Arc::new(changed),
+            commits_in_flight: Arc::default(),
+        })
     }
 
     pub fn upload_limit_bytes(&self) -> usize {
@@ -266,16 +261,43 @@ impl AppState {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies round deadlines now; what [`spawn_ticker`] calls every tick.
-    pub async fn tick(&self) {
+    /// Applies round deadlines now; what [`spawn_ticker`] calls every tick. Returns the
+    /// commit sequence it started, if the deadline closed a round.
+    pub fn tick(&self) -> Option<tokio::task::JoinHandle<bool>> {
         let now = self.now();
         let settled = self.lock().coordinator.tick(now);
         match settled {
-            Ok(Some(s)) => {
-                settle(self, s).await;
+            Ok(Some(s)) => Some(self.spawn_settle(s)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing a round at its deadline failed");
+                None
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "closing a round at its deadline failed"),
+        }
+    }
+
+    /// Runs a settled round's commit sequence (evaluate, store, announce) in a task of its own:
+    /// no request future carries it, so a client that hangs up cannot stop it.
+    fn spawn_settle(&self, settled: Settled) -> tokio::task::JoinHandle<bool> {
+        use std::sync::atomic::Ordering;
+        let state = self.clone();
+        state.commits_in_flight.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let committed = settle(&state, settled).await;
+            state.commits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            state.changed.send_modify(|n| *n += 1);
+            committed
+        })
+    }
+
+    /// Resolves once no commit sequence is running (every closed round is stored and announced,
+    /// or discarded).
+    pub async fn settled(&self) {
+        let mut changes = self.changed.subscribe();
+        while self.commits_in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if changes.changed().await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -287,7 +309,7 @@ pub fn spawn_ticker(state: AppState) -> tokio::task::JoinHandle<()> {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            state.tick().await;
+            state.tick();
         }
     })
 }
@@ -311,6 +333,8 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 test_accuracy: None,
                 bytes_up: 0,
                 bytes_down: 0,
+                clipped: 0,
+                update_norm: None,
             };
             let mut inner = state.lock();
             inner.metrics.rounds_abandoned += 1;
@@ -348,7 +372,10 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                     (None, None)
                 }
             };
-            let PendingCommit { round, version, reports, selected, closed_by_deadline, opened_at_ms, .. } = *pending;
+            let PendingCommit {
+                round, version, reports, selected, closed_by_deadline, opened_at_ms, ref summary, ..
+            } = *pending;
+            let (clipped, update_norm) = (summary.clipped as u64, Some(summary.delta_norm));
             let mut record = RoundRecord {
                 round,
                 outcome: if closed_by_deadline { RoundOutcome::ClosedByDeadline } else { RoundOutcome::Closed },
@@ -361,6 +388,8 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                 test_accuracy,
                 bytes_up: 0,
                 bytes_down: 0,
+                clipped,
+                update_norm,
             };
             let eval_ms = eval_started.elapsed().as_millis() as u64;
             let store_started = Instant::now();
@@ -396,6 +425,7 @@ async fn settle(state: &AppState, settled: Settled) -> bool {
                         tracing::error!(error = %e, "undoing the server optimizer step failed");
                     }
                     record.version = None;
+                    record.update_norm = None;
                     record.outcome = RoundOutcome::StoreFailed;
                     false
                 }
@@ -448,7 +478,7 @@ impl AppError {
                 | RoundError::NoOpenRound
                 | RoundError::DeadlinePassed(_) => StatusCode::CONFLICT,
                 RoundError::BadUpdate(_) | RoundError::NoExamples => StatusCode::UNPROCESSABLE_ENTITY,
-                RoundError::BadPolicy(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                RoundError::BadPolicy(_) | RoundError::NothingToCommit => StatusCode::INTERNAL_SERVER_ERROR,
             },
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -464,7 +494,7 @@ impl AppError {
             AppError::TooLarge(_) => "payload_too_large",
             AppError::BadUpdate(_) => "bad_update",
             AppError::Round(e) => match e {
-                RoundError::BadPolicy(_) => "internal",
+                RoundError::BadPolicy(_) | RoundError::NothingToCommit => "internal",
                 RoundError::NoOpenRound => "no_open_round",
                 RoundError::WrongRound { .. } => "wrong_round",
                 RoundError::WrongModelVersion { .. } => "wrong_model_version",
@@ -650,7 +680,7 @@ fn authenticate(inner: &Inner, headers: &HeaderMap, client: &str) -> Result<(), 
     responses(
         (status = 200, description = "`assigned` (train and upload before the deadline) or `retry` (come back after \
                                       `retry_after_ms`); both carry the client's `client_id` and `token`.",
-         body = CheckInResponse),
+         body = proto::CheckInResponse),
         (status = 400, description = "`bad_json`: the body is not a check-in request; `bad_body`: the body could \
                                       not be read.", body = proto::ErrorBody),
         (status = 401, description = "`unauthorized`: a `client_id` without a bearer token, or an unknown \
@@ -672,71 +702,79 @@ pub(crate) async fn checkin(
     } else {
         serde_json::from_slice(&body).map_err(|e| AppError::bad_request("bad_json", format!("check-in body: {e}")))?
     };
-    let now = state.now();
-    let task = &state.task;
-    let mut inner = state.lock();
-    let (client_id, token) = match req.client_id {
-        Some(id) => {
-            authenticate(&inner, &headers, &id)?;
-            (id, bearer(&headers).unwrap_or_default().to_string())
+    let (client_id, token) = state.register(&headers, req.client_id)?;
+    let wait_ms = req.wait_ms.unwrap_or(0).min(proto::MAX_CHECK_IN_WAIT_MS);
+    // Long poll: a client that would be told to wait is held until the coordinator's state
+    // changes (a round settles, a version is committed) or its wait runs out. Holding it carries
+    // no work, so a client that hangs up loses nothing.
+    let mut changes = state.changed.subscribe();
+    let held_until = state.now() + wait_ms;
+    loop {
+        let now = state.now();
+        let check_in = state.assign(&client_id, now);
+        if !check_in.is_wait() || now >= held_until {
+            let resp = check_in.respond(client_id, token, &state.task.terms, now);
+            return Ok(axum::Json(resp).into_response());
         }
-        None => {
-            let (id, token) = (new_id(8)?, new_id(16)?);
-            let client =
-                Client { token_hash: token_hash(&token), last_seen_ms: now, assigned: None, persisted_at_ms: None };
-            inner.clients.insert(id.clone(), client);
-            (id, token)
-        }
-    };
-    // A new client is written at once (its token must survive a restart); after that, polling
-    // clients refresh their stored last-seen at most every PERSIST_SEEN_EVERY_MS, not with an
-    // fsync per check-in under the state lock.
-    let persist = inner
-        .clients
-        .get(&client_id)
-        .filter(|c| c.persisted_at_ms.is_none_or(|at| now.saturating_sub(at) >= PERSIST_SEEN_EVERY_MS))
-        .map(|c| c.token_hash.clone());
-    if let Some(hash) = persist {
-        inner
-            .store
-            .touch_client(&client_id, &hash, unix_ms())
-            .map_err(|e| AppError::Internal(format!("recording the client: {e}")))?;
-        if let Some(c) = inner.clients.get_mut(&client_id) {
-            c.persisted_at_ms = Some(now);
-        }
+        let left = Duration::from_millis(held_until - now);
+        // The deadline ticker settles a round whose time is up; wake for it too.
+        let _ = tokio::time::timeout(left, changes.changed()).await;
     }
-    // A private task stops opening rounds once the next one would overspend its ε.
-    let rounds_done = inner.history.iter().filter(|r| r.version.is_some()).count() as u64;
-    let exhausted = task.privacy.as_ref().is_some_and(|p| !p.allows(rounds_done));
-    if exhausted && inner.coordinator.open_round().is_none() {
-        let reason = format!("the task's privacy budget is spent after {rounds_done} rounds");
-        return Ok(axum::Json(CheckInResponse::Done { client_id, token, reason }).into_response());
-    }
-    let check_in = inner.coordinator.check_in(&client_id, now);
-    if let Some(c) = inner.clients.get_mut(&client_id) {
-        c.last_seen_ms = now;
-        if let CheckIn::Assigned { round, .. } = check_in {
-            // A repeated check-in for the same round keeps the first assignment time.
-            if c.assigned.is_none_or(|(r, _)| r != round) {
-                c.assigned = Some((round, now));
+}
+
+impl AppState {
+    /// Authenticates a known client or registers a new one; returns its id and token.
+    fn register(&self, headers: &HeaderMap, client_id: Option<String>) -> Result<(String, String), AppError> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let (client_id, token) = match client_id {
+            Some(id) => {
+                authenticate(&inner, headers, &id)?;
+                (id, bearer(headers).unwrap_or_default().to_string())
+            }
+            None => {
+                let (id, token) = (new_id(8)?, new_id(16)?);
+                let client =
+                    Client { token_hash: token_hash(&token), last_seen_ms: now, assigned: None, persisted_at_ms: None };
+                inner.clients.insert(id.clone(), client);
+                (id, token)
+            }
+        };
+        // A new client is written at once (its token must survive a restart); after that, polling
+        // clients refresh their stored last-seen at most every PERSIST_SEEN_EVERY_MS, not with an
+        // fsync per check-in under the state lock.
+        let persist = inner
+            .clients
+            .get(&client_id)
+            .filter(|c| c.persisted_at_ms.is_none_or(|at| now.saturating_sub(at) >= PERSIST_SEEN_EVERY_MS))
+            .map(|c| c.token_hash.clone());
+        if let Some(hash) = persist {
+            inner
+                .store
+                .touch_client(&client_id, &hash, unix_ms())
+                .map_err(|e| AppError::Internal(format!("recording the client: {e}")))?;
+            if let Some(c) = inner.clients.get_mut(&client_id) {
+                c.persisted_at_ms = Some(now);
             }
         }
+        Ok((client_id, token))
     }
-    let resp = match check_in {
-        CheckIn::Assigned { round, model_version, deadline_at_ms } => CheckInResponse::Assigned {
-            client_id,
-            token,
-            round,
-            model_version,
-            deadline_ms_from_now: deadline_at_ms.saturating_sub(now),
-            plan: task.plan.clone(),
-            model: task.spec.clone(),
-            upload_limit_bytes: task.upload_limit_bytes,
-            update: task.update.clone(),
-        },
-        CheckIn::RetryAfter { ms } => CheckInResponse::Retry { client_id, token, retry_after_ms: ms },
-    };
-    Ok(axum::Json(resp).into_response())
+
+    /// One check-in at the coordinator, with the client's assignment time kept for round trips.
+    fn assign(&self, client_id: &str, now: u64) -> CheckIn {
+        let mut inner = self.lock();
+        let check_in = inner.coordinator.check_in(client_id, now);
+        if let Some(c) = inner.clients.get_mut(client_id) {
+            c.last_seen_ms = now;
+            if let CheckIn::Assigned { round, .. } = check_in {
+                // A repeated check-in for the same round keeps the first assignment time.
+                if c.assigned.is_none_or(|(r, _)| r != round) {
+                    c.assigned = Some((round, now));
+                }
+            }
+        }
+        check_in
+    }
 }
 
 fn parse_u64(what: &str, text: &str) -> Result<u64, AppError> {
@@ -856,14 +894,14 @@ fn decode_update(
     layout: Arc<webfl_shared::Layout>,
 ) -> Result<Params, AppError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type.starts_with(pipeline::UPDATE_CONTENT_TYPE) {
+    if content_type.starts_with(proto::UPDATE_CONTENT_TYPE) {
         return pipeline::decode(body, layout, spec).map_err(|e| AppError::BadUpdate(format!("the update: {e}")));
     }
     if spec.compression != Compression::None {
         return Err(AppError::BadUpdate(format!(
             "this task takes updates compressed with {} as {}",
             spec.compression,
-            pipeline::UPDATE_CONTENT_TYPE
+            proto::UPDATE_CONTENT_TYPE
         )));
     }
     Params::from_safetensors(layout, body)
@@ -891,7 +929,8 @@ async fn accept_upload(
         let started = Instant::now();
         let settled = {
             let mut inner = state.lock();
-            let settled = inner.coordinator.submit(&client, round, model_version, &update, examples, now)?;
+            let upload = Upload { round, model_version, update: &update, examples };
+            let settled = inner.coordinator.submit(&client, upload, now)?;
             inner.metrics.bytes_up_this_round += body_len;
             settled
         };
@@ -912,10 +951,8 @@ async fn accept_upload(
         inner.metrics.updates_accepted += 1;
         settled
     };
-    let round_closed = match settled {
-        Some(s) => settle(state, s).await,
-        None => false,
-    };
+    // The commit sequence runs in its own task; the answer does not wait for it.
+    let round_closed = settled.map(|s| state.spawn_settle(s)).is_some();
     Ok((StatusCode::ACCEPTED, axum::Json(UploadResponse { accepted: true, round_closed })).into_response())
 }
 
@@ -924,38 +961,35 @@ async fn accept_upload(
     get,
     path = "/api/status",
     tag = "operator",
-    responses((status = 200, description = "The server's state.", body = crate::openapi::StatusSchema))
+    responses((status = 200, description = "The server's state.", body = Status))
 )]
 pub(crate) async fn status(State(state): State<AppState>) -> Response {
-    let now = state.now();
-    let inner = state.lock();
-    let rounds_completed = inner.history.iter().filter(|r| r.version.is_some()).count();
-    let test_accuracy = inner.history.iter().rev().find(|r| r.version.is_some()).and_then(|r| r.test_accuracy);
-    let clients_connected =
-        inner.clients.values().filter(|c| now.saturating_sub(c.last_seen_ms) <= CONNECTED_WINDOW_MS).count();
-    axum::Json(json!({
-        "protocol_version": PROTOCOL_VERSION,
-        "task": state.task.name,
-        "model_version": inner.coordinator.version(),
-        "updates_accepted": inner.metrics.updates_accepted,
-        "rounds_completed": rounds_completed,
-        "test_accuracy": test_accuracy,
-        "clients_connected": clients_connected,
-        "open_round": inner.coordinator.open_round(),
-        "bytes_up_total": inner.metrics.bytes_up_total,
-        "bytes_down_total": inner.metrics.bytes_down_total,
-        "compression": state.task.update.compression.to_string(),
-        "privacy": state.task.privacy.as_ref().map(|p| json!({
-            "mode": p.mode,
-            "epsilon": p.epsilon(rounds_completed as u64),
-            "delta": p.delta,
-            "target_epsilon": p.target_epsilon,
-            "noise_multiplier": p.noise_multiplier,
-            "sampling_rate": p.sampling_rate,
-            "budget_left": p.allows(rounds_completed as u64),
-        })),
-    }))
-    .into_response()
+    axum::Json(state.status()).into_response()
+}
+
+impl AppState {
+    pub fn status(&self) -> Status {
+        let now = self.now();
+        let inner = self.lock();
+        let rounds_completed = inner.coordinator.rounds_completed();
+        let test_accuracy = inner.history.iter().rev().find(|r| r.version.is_some()).and_then(|r| r.test_accuracy);
+        let clients_connected =
+            inner.clients.values().filter(|c| now.saturating_sub(c.last_seen_ms) <= CONNECTED_WINDOW_MS).count();
+        Status {
+            protocol_version: PROTOCOL_VERSION,
+            task: self.task.name.clone(),
+            model_version: inner.coordinator.version(),
+            updates_accepted: inner.metrics.updates_accepted,
+            rounds_completed,
+            test_accuracy,
+            clients_connected: clients_connected as u64,
+            open_round: inner.coordinator.open_round(),
+            bytes_up_total: inner.metrics.bytes_up_total,
+            bytes_down_total: inner.metrics.bytes_down_total,
+            compression: self.task.update.compression.to_string(),
+            privacy: inner.coordinator.privacy().map(|p| p.status(rounds_completed)),
+        }
+    }
 }
 
 /// Every settled round, oldest first: the dashboard's accuracy curve and round timeline.
@@ -976,7 +1010,7 @@ pub(crate) async fn rounds(State(state): State<AppState>) -> Response {
     tag = "operator",
     responses(
         (status = 200, description = "Known clients, most recently seen first.",
-         body = Vec<crate::store::ClientRecord>),
+         body = Vec<webfl_shared::protocol::ClientRecord>),
         (status = 500, description = "`internal`: the server could not read its store.", body = proto::ErrorBody),
     )
 )]

@@ -6,7 +6,6 @@ pub mod datasets;
 pub mod http;
 pub mod openapi;
 pub mod plot;
-pub mod rounds;
 pub mod simulate;
 pub mod store;
 pub mod task;

@@ -2,73 +2,19 @@
 //! `/api/openapi.json`.
 //!
 //! Every operation is described by a `#[utoipa::path]` attribute on its handler in
-//! [`crate::http`]; the message types come from [`webfl_shared::proto`] (built with its `openapi`
+//! [`crate::http`]; the message types come from [`webfl_shared::protocol`] (built with its `openapi`
 //! feature) and the store's records. The tests below check the document against the router and
 //! the error table of `docs/protocol.md`.
 
 use utoipa::openapi::Required;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
-use webfl_shared::proto;
+use webfl_shared::protocol::{
+    self as proto, ClientRecord, PrivacyStatus, RoundOutcome, RoundRecord, Status, WaitReason,
+};
 use webfl_shared::train::TrainPlan;
 
 use crate::http;
-use crate::store::{ClientRecord, RoundOutcome, RoundRecord};
-
-// Mirrors, field for field, the JSON that `http::status` builds with `json!`.
-/// `GET /api/status`: the server's state for people and dashboards.
-#[derive(ToSchema)]
-#[schema(as = Status)]
-#[allow(dead_code)] // only its schema is used
-pub(crate) struct StatusSchema {
-    /// The protocol version the server speaks (the `/api/vN` prefix).
-    protocol_version: u32,
-    /// The task's name.
-    task: String,
-    /// The current committed model version (0 before the first round).
-    model_version: u64,
-    /// Updates accepted into rounds since the server started.
-    updates_accepted: u64,
-    /// Rounds that produced a new version.
-    rounds_completed: u64,
-    /// Held-out accuracy (0..1) of the latest version that has one; null before the first round.
-    #[schema(required = true)]
-    test_accuracy: Option<f64>,
-    /// Clients seen in the last 60 s.
-    clients_connected: u64,
-    /// The round currently taking updates, if any.
-    #[schema(required = true)]
-    open_round: Option<u64>,
-    /// Encoded update bytes accepted since the server started.
-    bytes_up_total: u64,
-    /// Model bytes served since the server started.
-    bytes_down_total: u64,
-    /// The codec clients compress updates with (`none`, `q8`, `topk:F`, …).
-    compression: String,
-    /// Differential privacy spent so far; null when the task has none.
-    #[schema(required = true)]
-    privacy: Option<PrivacyStatusSchema>,
-}
-
-/// `privacy` in `GET /api/status`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-#[schema(as = PrivacyStatus)]
-pub(crate) struct PrivacyStatusSchema {
-    /// `local` or `central`.
-    mode: String,
-    /// ε spent by the committed rounds (RDP accountant).
-    #[schema(required = true)]
-    epsilon: Option<f64>,
-    delta: f64,
-    /// The budget; rounds stop when the next would exceed it.
-    #[schema(required = true)]
-    target_epsilon: Option<f64>,
-    noise_multiplier: f64,
-    sampling_rate: f64,
-    /// Whether one more round fits the budget.
-    budget_left: bool,
-}
 
 /// A model or an update as safetensors bytes: F32 tensors with PyTorch `state_dict` names.
 #[derive(ToSchema)]
@@ -132,10 +78,13 @@ impl Modify for OptionalCheckInBody {
         proto::CheckInRequest,
         proto::Capabilities,
         proto::CheckInResponse,
+        proto::AssignmentTerms,
+        WaitReason,
         proto::UploadResponse,
         proto::ErrorBody,
         Safetensors,
-        StatusSchema,
+        Status,
+        PrivacyStatus,
         RoundRecord,
         RoundOutcome,
         ClientRecord,
@@ -161,14 +110,14 @@ mod tests {
     use http_body_util::BodyExt;
     use serde_json::Value;
     use tower::ServiceExt;
+    use webfl_shared::coordinator::RoundPolicy;
     use webfl_shared::data::Dataset;
     use webfl_shared::model::ModelSpec;
-    use webfl_shared::proto::DatasetInfo;
+    use webfl_shared::protocol::DatasetInfo;
     use webfl_shared::strategy::{StrategyConfig, StrategyKind};
 
     use super::*;
     use crate::http::{AppState, TaskSetup, app};
-    use crate::rounds::RoundPolicy;
 
     fn json() -> Value {
         serde_json::from_str(&document().to_json().expect("the document serialises")).unwrap()

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+use webfl_shared::protocol::{ClientRecord, RoundOutcome, RoundRecord};
 use webfl_shared::strategy::OptimizerState;
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,78 +36,11 @@ pub enum StoreError {
     VersionExists { task: String, version: u64 },
 }
 
-/// How a round ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RoundOutcome {
-    Closed,
-    ClosedByDeadline,
-    Abandoned,
-    /// Aggregated, but the new version could not be stored; discarded (never in the database).
-    StoreFailed,
-}
-
-impl RoundOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            RoundOutcome::Closed => "closed",
-            RoundOutcome::ClosedByDeadline => "closed_by_deadline",
-            RoundOutcome::Abandoned => "abandoned",
-            RoundOutcome::StoreFailed => "store_failed",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "closed" => RoundOutcome::Closed,
-            "closed_by_deadline" => RoundOutcome::ClosedByDeadline,
-            "abandoned" => RoundOutcome::Abandoned,
-            "store_failed" => RoundOutcome::StoreFailed,
-            _ => return None,
-        })
-    }
-}
-
-/// One finished (or abandoned) round, as shown on the dashboard.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RoundRecord {
-    pub round: u64,
-    pub outcome: RoundOutcome,
-    /// The version the round produced (None when abandoned).
-    pub version: Option<u64>,
-    pub selected: u64,
-    pub reports: u64,
-    pub opened_at_ms: u64,
-    pub closed_at_ms: u64,
-    pub test_loss: Option<f64>,
-    pub test_accuracy: Option<f64>,
-    /// Encoded update bytes the round accepted.
-    #[serde(default)]
-    pub bytes_up: u64,
-    /// Model bytes served to clients while the round was open.
-    #[serde(default)]
-    pub bytes_down: u64,
-}
-
 /// A stored model version.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredVersion {
     pub version: u64,
     pub safetensors: Vec<u8>,
-}
-
-/// What the operator sees about a client.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ClientRecord {
-    pub client_id: String,
-    pub first_seen_ms: u64,
-    pub last_seen_ms: u64,
-    pub rounds_completed: u64,
-    pub failures: u64,
-    pub last_round_trip_ms: Option<u64>,
-    /// Encoded update bytes this client has had accepted.
-    #[serde(default)]
-    pub bytes_up: u64,
 }
 
 pub struct Store {
@@ -187,6 +120,16 @@ impl Store {
                  ALTER TABLE rounds ADD COLUMN bytes_down INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE clients ADD COLUMN bytes_up INTEGER NOT NULL DEFAULT 0;
                  PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        if found < 3 {
+            // v3: what aggregation did in each round (updates clipped, the update's norm).
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE rounds ADD COLUMN clipped INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE rounds ADD COLUMN update_norm REAL;
+                 PRAGMA user_version = 3;
                  COMMIT;",
             )?;
         }
@@ -272,7 +215,7 @@ impl Store {
     pub fn rounds(&self, task: &str) -> Result<Vec<RoundRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT round, outcome, version, selected, reports, opened_at_ms, closed_at_ms, test_loss, test_accuracy,
-                    bytes_up, bytes_down
+                    bytes_up, bytes_down, clipped, update_norm
              FROM rounds WHERE task = ?1 ORDER BY round",
         )?;
         let rows = stmt.query_map([task], |r| {
@@ -289,6 +232,8 @@ impl Store {
                 test_accuracy: r.get(8)?,
                 bytes_up: r.get::<_, i64>(9)? as u64,
                 bytes_down: r.get::<_, i64>(10)? as u64,
+                clipped: r.get::<_, i64>(11)? as u64,
+                update_norm: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -605,8 +550,8 @@ fn insert_version(
 fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO rounds (task, round, outcome, version, selected, reports, opened_at_ms, closed_at_ms,
-                             test_loss, test_accuracy, bytes_up, bytes_down)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                             test_loss, test_accuracy, bytes_up, bytes_down, clipped, update_norm)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             task,
             r.round as i64,
@@ -619,7 +564,9 @@ fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), St
             r.test_loss,
             r.test_accuracy,
             r.bytes_up as i64,
-            r.bytes_down as i64
+            r.bytes_down as i64,
+            r.clipped as i64,
+            r.update_norm
         ],
     )?;
     Ok(())
@@ -642,6 +589,8 @@ mod tests {
             test_accuracy: version.map(|_| 0.9),
             bytes_up: 0,
             bytes_down: 0,
+            clipped: 1,
+            update_norm: version.map(|_| 0.25),
         }
     }
 

@@ -29,18 +29,19 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use webfl_shared::codec::Compression;
+use webfl_shared::coordinator::RoundPolicy;
 use webfl_shared::data::csv::CsvOptions;
 use webfl_shared::model;
 use webfl_shared::pipeline::{self, DpMode, UpdateSpec};
+use webfl_shared::privacy::PrivacyBudget;
 use webfl_shared::privacy::accountant;
-use webfl_shared::proto::DatasetInfo;
+use webfl_shared::protocol::DatasetInfo;
 use webfl_shared::strategy::CentralDpConfig;
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 
 use crate::datasets;
-use crate::http::{PrivacyBudget, TaskSetup};
-use crate::rounds::RoundPolicy;
+use crate::http::TaskSetup;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -14,13 +14,13 @@ use tower::ServiceExt;
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::{Layout, Params, TensorSpec};
-use webfl_shared::proto::DatasetInfo;
+use webfl_shared::protocol::{ClientRecord, DatasetInfo, RoundOutcome, RoundRecord};
 use webfl_shared::strategy::{StrategyConfig, StrategyKind};
 use webfl_shared::train::TrainPlan;
 
 use webfl_server::http::{AppState, TaskSetup, app};
-use webfl_server::rounds::RoundPolicy;
-use webfl_server::store::{ClientRecord, MemoryStore, Resume, RoundOutcome, RoundRecord, TaskStore};
+use webfl_server::store::{MemoryStore, Resume, TaskStore};
+use webfl_shared::coordinator::RoundPolicy;
 use webfl_shared::strategy::OptimizerState;
 
 fn dataset() -> Dataset {
@@ -140,7 +140,8 @@ fn local_update(global: &Params, by: f32) -> Params {
 
 #[tokio::test]
 async fn a_round_runs_end_to_end() {
-    let app = app(state());
+    let state = state();
+    let app = app(state.clone());
     let (a, ja) = checkin(&app).await;
     let (b, jb) = checkin(&app).await;
     assert_ne!(a.id, b.id);
@@ -163,6 +164,8 @@ async fn a_round_runs_end_to_end() {
     assert_eq!((code, &j), (StatusCode::ACCEPTED, &serde_json::json!({"accepted": true, "round_closed": false})));
     let (code, j) = upload(&app, &b, 1, 0, 30, local_update(&global, 3.0).to_safetensors().unwrap()).await;
     assert_eq!((code, &j), (StatusCode::ACCEPTED, &serde_json::json!({"accepted": true, "round_closed": true})));
+    // The commit sequence runs on its own, after the answer.
+    state.settled().await;
 
     let st = status(&app).await;
     assert_eq!(st["task"], "synthetic");
@@ -266,7 +269,7 @@ fn with_layout(global: &Params, change: impl FnOnce(&mut Vec<TensorSpec>)) -> Bo
 async fn every_refusal_is_json_and_changes_nothing() {
     let state = state();
     let limit = state.upload_limit_bytes();
-    let app = app(state);
+    let app = app(state.clone());
     let (a, _) = checkin(&app).await;
     let (b, _) = checkin(&app).await;
     // Selection is full (2 of 2): a third client gets an identity but no assignment.
@@ -374,6 +377,7 @@ async fn every_refusal_is_json_and_changes_nothing() {
     assert_eq!((code, j["client_id"].as_str()), (StatusCode::OK, Some(a.id.as_str())), "{j}");
     let (code, j) = call_json(&app, upload_as(&b, "1", good(), &[])).await;
     assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(true)), "{j}");
+    state.settled().await;
     let st = status(&app).await;
     assert_eq!((st["model_version"].as_u64(), st["updates_accepted"].as_u64()), (Some(1), Some(2)), "{st}");
 }
@@ -392,6 +396,7 @@ async fn uploads_outside_an_open_round_are_refused() {
     for c in [&a, &b] {
         assert_eq!(call_json(&app, upload_as(c, "1", good(&global), &[])).await.0, S::ACCEPTED);
     }
+    state.settled().await;
     // Round 1 closed with version 1; round 2 opens only at the next check-in.
     assert_eq!(counters(&app).await["open_round"], Value::Null);
     refused(&app, "no open round", upload_as(&a, "1", good(&global), &[]), S::CONFLICT, "no_open_round").await;
@@ -405,7 +410,8 @@ async fn uploads_outside_an_open_round_are_refused() {
     refused(&app, "deadline passed", upload_as(&b, "2", good(&v1), &latest), S::CONFLICT, "deadline_passed").await;
 
     // The deadline abandons round 2 (1 of 2 updates); round 3 takes b's update.
-    state.tick().await;
+    state.tick();
+    state.settled().await;
     let (_, j) = checkin(&app).await;
     assert_eq!(j["round"], 3);
     assert_eq!(checkin_as(&app, &b).await["round"], 3);
@@ -438,13 +444,15 @@ async fn deadlines_close_or_abandon_rounds() {
     let global = download(&app, 0).await;
     let (code, _) = upload(&app, &a, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
     assert_eq!(code, StatusCode::ACCEPTED);
-    state.tick().await; // before the deadline: nothing happens
+    state.tick();
+    state.settled().await; // before the deadline: nothing happens
     assert_eq!(status(&app).await["open_round"], 1);
 
     now.fetch_add(60_000, Ordering::SeqCst);
     let (code, j) = upload(&app, &a, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
     assert_eq!((code, j["error"].as_str()), (StatusCode::CONFLICT, Some("already_reported")));
-    state.tick().await;
+    state.tick();
+    state.settled().await;
     let st = status(&app).await;
     assert_eq!((st["model_version"].as_u64(), st["rounds_completed"].as_u64()), (Some(1), Some(1)));
 
@@ -452,7 +460,8 @@ async fn deadlines_close_or_abandon_rounds() {
     let (_, j) = checkin(&app).await;
     assert_eq!(j["round"], 2);
     now.fetch_add(60_000, Ordering::SeqCst);
-    state.tick().await;
+    state.tick();
+    state.settled().await;
     let outcomes: Vec<_> = state.history().iter().map(|r| (r.round, r.version, r.outcome)).collect();
     assert_eq!(outcomes, vec![(1, Some(1), RoundOutcome::ClosedByDeadline), (2, None, RoundOutcome::Abandoned)]);
     assert!(metrics(&app).await.lines().any(|l| l == "webfl_rounds_abandoned_total 1"));
@@ -517,7 +526,9 @@ async fn a_version_that_cannot_be_stored_is_never_announced() {
     let global = download(&app, 0).await;
     upload(&app, &a, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
     let (code, j) = upload(&app, &b, 1, 0, 5, local_update(&global, 1.0).to_safetensors().unwrap()).await;
-    assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(false)));
+    // The update closed the round; storing its version then failed, off the request path.
+    assert_eq!((code, j["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(true)));
+    state.settled().await;
     let st = status(&app).await;
     assert_eq!((st["model_version"].as_u64(), st["rounds_completed"].as_u64()), (Some(0), Some(0)));
     assert_eq!(state.history()[0].outcome, RoundOutcome::StoreFailed);
@@ -563,7 +574,8 @@ async fn a_restart_resumes_the_last_committed_version() {
         AppState::with_store(setup(policy()), Box::new(db)).unwrap()
     };
     let (v1, a) = {
-        let app = app(open());
+        let state = open();
+        let app = app(state.clone());
         let (a, _) = checkin(&app).await;
         let (b, _) = checkin(&app).await;
         let (_, m0) = call(&app, get("/api/v1/models/0")).await;
@@ -573,6 +585,7 @@ async fn a_restart_resumes_the_last_committed_version() {
         let delta = local.delta_from(&global).unwrap().to_safetensors().unwrap();
         assert_eq!(upload(&app, &a, 1, 0, 10, delta.clone()).await.0, StatusCode::ACCEPTED);
         assert_eq!(upload(&app, &b, 1, 0, 10, delta).await.0, StatusCode::ACCEPTED);
+        state.settled().await;
         assert_eq!(status(&app).await["model_version"], 1);
         (call(&app, get("/api/v1/models/1")).await.1, a)
     };
@@ -615,9 +628,9 @@ async fn a_restart_resumes_the_last_committed_version() {
 #[tokio::test]
 async fn a_private_compressed_task_spends_its_budget_then_stops() {
     use rand::SeedableRng;
-    use webfl_server::http::PrivacyBudget;
     use webfl_shared::codec::Compression;
     use webfl_shared::pipeline::{self, UpdateSpec};
+    use webfl_shared::privacy::PrivacyBudget;
 
     let spec = UpdateSpec { clip: Some(1.0), per_layer: false, noise_std: 0.5, compression: Compression::Q8 };
     let budget = PrivacyBudget {
@@ -631,7 +644,8 @@ async fn a_private_compressed_task_spends_its_budget_then_stops() {
     let mut task = setup(policy());
     task.update = spec.clone();
     task.privacy = Some(budget);
-    let app = app(AppState::new(task).unwrap());
+    let state = AppState::new(task).unwrap();
+    let app = app(state.clone());
 
     let (a, assignment) = checkin(&app).await;
     assert_eq!(serde_json::from_value::<UpdateSpec>(assignment["update"].clone()).unwrap(), spec);
@@ -667,14 +681,15 @@ async fn a_private_compressed_task_spends_its_budget_then_stops() {
         &mut webfl_shared::rng::derive(0, &[]),
     )
     .unwrap();
-    let (code, json) = call_json(&app, as_update(&a, plain.body, pipeline::UPDATE_CONTENT_TYPE)).await;
+    let (code, json) = call_json(&app, as_update(&a, plain.body, webfl_shared::protocol::UPDATE_CONTENT_TYPE)).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
     assert!(json["message"].as_str().unwrap().contains("q8"), "{json}");
 
-    let (code, json) = call_json(&app, as_update(&a, encoded(0.1), pipeline::UPDATE_CONTENT_TYPE)).await;
+    let (code, json) = call_json(&app, as_update(&a, encoded(0.1), webfl_shared::protocol::UPDATE_CONTENT_TYPE)).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{json}");
-    let (code, json) = call_json(&app, as_update(&b, encoded(-0.1), pipeline::UPDATE_CONTENT_TYPE)).await;
+    let (code, json) = call_json(&app, as_update(&b, encoded(-0.1), webfl_shared::protocol::UPDATE_CONTENT_TYPE)).await;
     assert_eq!((code, json["round_closed"].as_bool()), (StatusCode::ACCEPTED, Some(true)), "{json}");
+    state.settled().await;
 
     let s = status(&app).await;
     let eps = s["privacy"]["epsilon"].as_f64().unwrap();

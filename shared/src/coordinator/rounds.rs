@@ -302,13 +302,27 @@ mod tests {
 
     /// `submit` with the upload spelled out positionally, as the tests read best.
     trait SubmitExt {
-        fn up(&mut self, client: &str, round: u64, version: u64, update: &Params, examples: u64, now: u64)
-        -> Result<Option<Settled>, RoundError>;
+        fn up(
+            &mut self,
+            client: &str,
+            round: u64,
+            version: u64,
+            update: &Params,
+            examples: u64,
+            now: u64,
+        ) -> Result<Option<Settled>, RoundError>;
     }
 
     impl SubmitExt for SyncCoordinator {
-        fn up(&mut self, client: &str, round: u64, version: u64, update: &Params, examples: u64, now: u64)
-        -> Result<Option<Settled>, RoundError> {
+        fn up(
+            &mut self,
+            client: &str,
+            round: u64,
+            version: u64,
+            update: &Params,
+            examples: u64,
+            now: u64,
+        ) -> Result<Option<Settled>, RoundError> {
             self.submit(client, Upload { round, model_version: version, update, examples }, now)
         }
     }

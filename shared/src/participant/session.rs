@@ -116,7 +116,11 @@ impl Failure {
     /// A non-2xx answer; `body` is read as the protocol's `ErrorBody` when it is one.
     pub fn http(status: u16, body: &[u8]) -> Self {
         match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(e) => Self { status: Some(status), code: Some(e.error.clone()), message: format!("{status} {}: {}", e.error, e.message) },
+            Ok(e) => Self {
+                status: Some(status),
+                code: Some(e.error.clone()),
+                message: format!("{status} {}: {}", e.error, e.message),
+            },
             Err(_) => Self { status: Some(status), code: None, message: format!("HTTP {status}") },
         }
     }
@@ -177,7 +181,11 @@ pub struct RoundReport {
 pub enum Notice {
     /// A new identity: persist it to resume after a reload.
     Identity(Identity),
-    Phase { phase: Phase, round: Option<u64>, detail: String },
+    Phase {
+        phase: Phase,
+        round: Option<u64>,
+        detail: String,
+    },
     Round(RoundReport),
     /// Something went wrong and is being retried.
     Problem(String),
@@ -401,7 +409,9 @@ impl Session {
         };
         let bytes = match answer {
             Ok(bytes) => bytes,
-            Err(f) if f.is_transient() => return Ok(self.back_off(format!("downloading the model: {}", f.message), notices)),
+            Err(f) if f.is_transient() => {
+                return Ok(self.back_off(format!("downloading the model: {}", f.message), notices));
+            }
             Err(f) => {
                 notices.push(Notice::Problem(format!("downloading the model: {}", f.message)));
                 return Ok(self.wait(AFTER_REFUSAL_MS));
@@ -419,7 +429,11 @@ impl Session {
 
     fn train(&mut self, job: Assignment, global: Arc<Params>, now_ms: f64, notices: &mut Vec<Notice>) -> Action {
         let (train_rng, noise, codec) = self.randomness.for_round(job.round);
-        notices.push(phase(Phase::Training, Some(job.round), format!("{} examples", self.capabilities.examples.unwrap_or(0))));
+        notices.push(phase(
+            Phase::Training,
+            Some(job.round),
+            format!("{} examples", self.capabilities.examples.unwrap_or(0)),
+        ));
         let train = TrainJob {
             round: job.round,
             model: job.terms.model.clone(),

@@ -85,7 +85,10 @@ fn a_round_goes_check_in_download_train_upload_and_checks_in_again() {
     let step = s.handle(Reply::Uploaded(Ok(UploadResponse { accepted: true, round_closed: true })), 80.0).unwrap();
     let report = step.notices.iter().find_map(|n| if let Notice::Round(r) = n { Some(r.clone()) } else { None });
     let report = report.expect("a round report");
-    assert_eq!((report.round, report.bytes_up, report.bytes_down), (5, upload.body.len(), global().to_safetensors().unwrap().len()));
+    assert_eq!(
+        (report.round, report.bytes_up, report.bytes_down),
+        (5, upload.body.len(), global().to_safetensors().unwrap().len())
+    );
     assert_eq!((report.download_ms, report.train_ms, report.upload_ms), (10.0, 30.0, 30.0));
     assert!(report.round_closed);
     let Action::CheckIn { request, token } = step.action else { panic!("check in again at once") };
@@ -122,7 +125,9 @@ fn waits_follow_the_server_and_a_long_poll_that_ran_its_course_asks_again() {
     // Answered at once: wait what the server says.
     let step = s.handle(retry(2_000), 5.0).unwrap();
     assert!(matches!(step.action, Action::Wait { ms: 2_000 }));
-    assert!(step.notices.iter().any(|n| matches!(n, Notice::Phase { detail, .. } if detail == "not needed this round")));
+    assert!(
+        step.notices.iter().any(|n| matches!(n, Notice::Phase { detail, .. } if detail == "not needed this round"))
+    );
     // Held for the whole long poll: ask again immediately.
     s.handle(Reply::Waited, 2_005.0).unwrap();
     let step = s.handle(retry(2_000), 3_005.0).unwrap();
@@ -142,7 +147,8 @@ fn an_unknown_client_starts_over_and_transient_failures_back_off() {
     assert_eq!(request.client_id, None);
     let waits: Vec<u64> = (0..3)
         .map(|_| {
-            let Action::Wait { ms } = s.handle(Reply::CheckIn(Err(Failure::network("offline"))), 3.0).unwrap().action else {
+            let Action::Wait { ms } = s.handle(Reply::CheckIn(Err(Failure::network("offline"))), 3.0).unwrap().action
+            else {
                 panic!("expected a back-off")
             };
             s.handle(Reply::Waited, 4.0).unwrap();
