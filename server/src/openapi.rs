@@ -252,6 +252,42 @@ mod tests {
         }
     }
 
+    /// The pages' types are generated from the document, so a field the server always sends must
+    /// be required there (or TypeScript would make it optional).
+    #[test]
+    fn the_operator_records_require_every_field_they_serialise() {
+        let doc = json();
+        let required = |name: &str| -> BTreeSet<String> {
+            let schema = &doc["components"]["schemas"][name];
+            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        };
+        let keys = |v: Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+        let round = RoundRecord {
+            round: 1,
+            outcome: RoundOutcome::Abandoned,
+            version: None,
+            selected: 2,
+            reports: 0,
+            opened_at_ms: 0,
+            closed_at_ms: 1,
+            test_loss: None,
+            test_accuracy: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        assert_eq!(keys(serde_json::to_value(round).unwrap()), required("RoundRecord"));
+        let client = ClientRecord {
+            client_id: "c".into(),
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            rounds_completed: 0,
+            failures: 0,
+            last_round_trip_ms: None,
+            bytes_up: 0,
+        };
+        assert_eq!(keys(serde_json::to_value(client).unwrap()), required("ClientRecord"));
+    }
+
     #[test]
     fn the_document_lists_exactly_the_routers_paths() {
         let routes = router_routes();

@@ -69,23 +69,32 @@ impl RoundOutcome {
 }
 
 /// One finished (or abandoned) round, as shown on the dashboard.
+///
+/// Every field is serialised, so the schema marks each one required (utoipa would otherwise leave
+/// `Option` and `#[serde(default)]` fields out of `required`, and the pages' generated types would
+/// make them optional).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoundRecord {
     pub round: u64,
     pub outcome: RoundOutcome,
     /// The version the round produced (None when abandoned).
+    #[schema(required = true)]
     pub version: Option<u64>,
     pub selected: u64,
     pub reports: u64,
     pub opened_at_ms: u64,
     pub closed_at_ms: u64,
+    #[schema(required = true)]
     pub test_loss: Option<f64>,
+    #[schema(required = true)]
     pub test_accuracy: Option<f64>,
     /// Encoded update bytes the round accepted.
     #[serde(default)]
+    #[schema(required = true)]
     pub bytes_up: u64,
     /// Model bytes served to clients while the round was open.
     #[serde(default)]
+    #[schema(required = true)]
     pub bytes_down: u64,
 }
 
@@ -104,9 +113,11 @@ pub struct ClientRecord {
     pub last_seen_ms: u64,
     pub rounds_completed: u64,
     pub failures: u64,
+    #[schema(required = true)]
     pub last_round_trip_ms: Option<u64>,
     /// Encoded update bytes this client has had accepted.
     #[serde(default)]
+    #[schema(required = true)]
     pub bytes_up: u64,
 }
 
