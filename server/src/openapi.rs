@@ -167,7 +167,7 @@ mod tests {
     use webfl_shared::strategy::{StrategyConfig, StrategyKind};
 
     use super::*;
-    use crate::http::{AppState, TaskSetup, app};
+    use crate::http::{AppState, PrivacyBudget, TaskSetup, app};
     use crate::rounds::RoundPolicy;
 
     fn json() -> Value {
@@ -370,6 +370,10 @@ mod tests {
     }
 
     fn state() -> AppState {
+        AppState::new(setup()).unwrap()
+    }
+
+    fn setup() -> TaskSetup {
         let spec = ModelSpec::builtin("2nn", &[4], 2).unwrap();
         let initial = spec.init_params(&mut webfl_shared::rng::derive(0, &[1])).unwrap();
         let test = Dataset {
@@ -379,7 +383,7 @@ mod tests {
             features: vec![1.0, 0.5, 0.0, -1.0, -1.0, -0.5, 0.0, 1.0],
             labels: vec![1, 0],
         };
-        let setup = TaskSetup {
+        TaskSetup {
             name: "openapi".into(),
             spec,
             plan: TrainPlan::default(),
@@ -398,8 +402,45 @@ mod tests {
             demo_data: None,
             update: Default::default(),
             privacy: None,
+        }
+    }
+
+    /// `StatusSchema` mirrors the JSON `http::status` builds by hand; the pages' types are generated
+    /// from the schema, so the two must name the same fields, all of them always present.
+    #[tokio::test]
+    async fn the_status_answer_has_exactly_the_documented_fields() {
+        let privacy = PrivacyBudget {
+            mode: "central".into(),
+            noise_multiplier: 1.1,
+            sampling_rate: 0.1,
+            delta: 1e-5,
+            target_epsilon: Some(8.0),
         };
-        AppState::new(setup).unwrap()
+        let doc = json();
+        let fields = |name: &str| -> (BTreeSet<String>, BTreeSet<String>) {
+            let schema = &doc["components"]["schemas"][name];
+            let props = schema["properties"].as_object().unwrap().keys().cloned().collect();
+            let required = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+            (props, required)
+        };
+        let keys = |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+        for privacy in [None, Some(privacy)] {
+            let private = privacy.is_some();
+            let app = app(AppState::new(TaskSetup { privacy, ..setup() }).unwrap());
+            let resp = app.oneshot(Request::get("/api/status").body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let status: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            let (props, required) = fields("Status");
+            assert_eq!(keys(&status), props, "{status}");
+            assert_eq!(keys(&status), required, "{status}");
+            if private {
+                let (props, required) = fields("PrivacyStatus");
+                assert_eq!(keys(&status["privacy"]), props, "{status}");
+                assert_eq!(keys(&status["privacy"]), required, "{status}");
+            } else {
+                assert!(status["privacy"].is_null(), "{status}");
+            }
+        }
     }
 
     #[tokio::test]
