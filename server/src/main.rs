@@ -79,6 +79,8 @@ enum Command {
     /// Differential privacy (RDP accountant of the sampled Gaussian mechanism): the ε that a noise
     /// multiplier buys over T steps, or the noise multiplier that a target ε needs.
     Privacy(PrivacyArgs),
+    /// Print the server's OpenAPI 3.1 document (the one served at /api/openapi.json) as JSON.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -287,6 +289,7 @@ fn main() -> Result<()> {
             serve(std::net::SocketAddr::new(host, port), &task, &data, &www)
         }
         Command::Privacy(args) => privacy(&args),
+        Command::Openapi => openapi(),
     }
 }
 
@@ -334,6 +337,12 @@ fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path
         ticker.abort();
         Ok(())
     })
+}
+
+/// Prints the OpenAPI document; `scripts/build-web` generates the pages' API types from it.
+fn openapi() -> Result<()> {
+    println!("{}", webfl_server::openapi::document().to_pretty_json().context("serialising the OpenAPI document")?);
+    Ok(())
 }
 
 /// Flags of `webfl privacy`: exactly one of `--noise-multiplier` and `--target-epsilon`.

@@ -118,6 +118,7 @@ mod tests {
 
     use super::*;
     use crate::http::{AppState, TaskSetup, app};
+    use webfl_shared::privacy::PrivacyBudget;
 
     fn json() -> Value {
         serde_json::from_str(&document().to_json().expect("the document serialises")).unwrap()
@@ -199,6 +200,44 @@ mod tests {
             let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("odd reference {r}"));
             assert!(schemas.contains_key(name), "dangling reference {r}");
         }
+    }
+
+    /// The pages' types are generated from the document, so a field the server always sends must
+    /// be required there (or TypeScript would make it optional).
+    #[test]
+    fn the_operator_records_require_every_field_they_serialise() {
+        let doc = json();
+        let required = |name: &str| -> BTreeSet<String> {
+            let schema = &doc["components"]["schemas"][name];
+            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        };
+        let keys = |v: Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+        let round = RoundRecord {
+            round: 1,
+            outcome: RoundOutcome::Abandoned,
+            version: None,
+            selected: 2,
+            reports: 0,
+            opened_at_ms: 0,
+            closed_at_ms: 1,
+            test_loss: None,
+            test_accuracy: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            clipped: 0,
+            update_norm: None,
+        };
+        assert_eq!(keys(serde_json::to_value(round).unwrap()), required("RoundRecord"));
+        let client = ClientRecord {
+            client_id: "c".into(),
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            rounds_completed: 0,
+            failures: 0,
+            last_round_trip_ms: None,
+            bytes_up: 0,
+        };
+        assert_eq!(keys(serde_json::to_value(client).unwrap()), required("ClientRecord"));
     }
 
     #[test]
@@ -283,6 +322,10 @@ mod tests {
     }
 
     fn state() -> AppState {
+        AppState::new(setup()).unwrap()
+    }
+
+    fn setup() -> TaskSetup {
         let spec = ModelSpec::builtin("2nn", &[4], 2).unwrap();
         let initial = spec.init_params(&mut webfl_shared::rng::derive(0, &[1])).unwrap();
         let test = Dataset {
@@ -292,7 +335,7 @@ mod tests {
             features: vec![1.0, 0.5, 0.0, -1.0, -1.0, -0.5, 0.0, 1.0],
             labels: vec![1, 0],
         };
-        let setup = TaskSetup {
+        TaskSetup {
             name: "openapi".into(),
             spec,
             plan: TrainPlan::default(),
@@ -311,8 +354,45 @@ mod tests {
             demo_data: None,
             update: Default::default(),
             privacy: None,
+        }
+    }
+
+    /// `StatusSchema` mirrors the JSON `http::status` builds by hand; the pages' types are generated
+    /// from the schema, so the two must name the same fields, all of them always present.
+    #[tokio::test]
+    async fn the_status_answer_has_exactly_the_documented_fields() {
+        let privacy = PrivacyBudget {
+            mode: "central".into(),
+            noise_multiplier: 1.1,
+            sampling_rate: 0.1,
+            delta: 1e-5,
+            target_epsilon: Some(8.0),
         };
-        AppState::new(setup).unwrap()
+        let doc = json();
+        let fields = |name: &str| -> (BTreeSet<String>, BTreeSet<String>) {
+            let schema = &doc["components"]["schemas"][name];
+            let props = schema["properties"].as_object().unwrap().keys().cloned().collect();
+            let required = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+            (props, required)
+        };
+        let keys = |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+        for privacy in [None, Some(privacy)] {
+            let private = privacy.is_some();
+            let app = app(AppState::new(TaskSetup { privacy, ..setup() }).unwrap());
+            let resp = app.oneshot(Request::get("/api/status").body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let status: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            let (props, required) = fields("Status");
+            assert_eq!(keys(&status), props, "{status}");
+            assert_eq!(keys(&status), required, "{status}");
+            if private {
+                let (props, required) = fields("PrivacyStatus");
+                assert_eq!(keys(&status["privacy"]), props, "{status}");
+                assert_eq!(keys(&status["privacy"]), required, "{status}");
+            } else {
+                assert!(status["privacy"].is_null(), "{status}");
+            }
+        }
     }
 
     #[tokio::test]

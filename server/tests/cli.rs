@@ -513,6 +513,22 @@ fn privacy_rejects_bad_input() {
     assert!(neither.contains("--noise-multiplier"), "{neither}");
 }
 
+/// `openapi` prints the document the server serves at `/api/openapi.json` (OpenAPI 3.1 JSON),
+/// from which `scripts/build-web` generates the pages' API types.
+#[test]
+fn openapi_prints_the_served_document() {
+    let out = webfl_ok(&["openapi"]);
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")), "{}", doc["openapi"]);
+    let status = &doc["components"]["schemas"]["Status"];
+    assert_eq!(status["type"], "object", "{status}");
+    for field in ["model_version", "rounds_completed", "test_accuracy", "privacy"] {
+        assert!(status["properties"][field].is_object(), "Status lacks {field}: {status}");
+    }
+    let served: Value = serde_json::to_value(webfl_server::openapi::document()).unwrap();
+    assert_eq!(doc, served);
+}
+
 /// Central DP and compression run through the same pipeline the server decodes with: the history
 /// records the bytes each round uploaded and the ε spent, which grows round by round and ends at
 /// the target it was derived from.

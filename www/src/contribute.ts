@@ -3,6 +3,7 @@
 //   /?partition=shards:2&client=3&of=10&seed=0&autostart=1
 // `backend=cpu|webgpu` overrides the automatic choice of training engine.
 
+import type { GetJson } from "./api.js";
 import { type DataChoice, type WorkerMessage, WebflClient } from "./webfl.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -165,8 +166,9 @@ startButton.addEventListener("click", () => void start());
 stopButton.addEventListener("click", () => client?.stop());
 
 fetch("/api/v1/task")
-  .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
-  .then((task: { name: string; dataset: { demo_data_url?: string } }) => {
+  // The body is taken to be the TaskInfo the OpenAPI document promises (types generated, api.ts).
+  .then((r) => (r.ok ? (r.json() as Promise<GetJson<"/api/v1/task">>) : Promise.reject(new Error(`HTTP ${r.status}`))))
+  .then((task) => {
     $("task").textContent = task.name;
     if (!task.dataset.demo_data_url) $("data-source").textContent = "This task has no demo data: choose your CSV file.";
   })

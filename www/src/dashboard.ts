@@ -13,6 +13,7 @@ import {
   PointElement,
   Tooltip,
 } from 'chart.js';
+import type { GetJson, Schemas } from './api.js';
 
 // Only what the four charts use, so esbuild leaves the rest of Chart.js out of the bundle.
 Chart.register(LineController, LineElement, PointElement, BarController, BarElement, CategoryScale, LinearScale, Legend, Tooltip);
@@ -23,156 +24,25 @@ const FETCH_TIMEOUT_MS = 5000;
 // Same window the server uses for `clients_connected`.
 const CONNECTED_WINDOW_MS = 60_000;
 
-// ---- The server's JSON (docs/protocol.md, "Operator endpoints") ----
+// ---- The server's JSON (docs/protocol.md, "Operator endpoints"; types generated, see api.ts) ----
 
-const OUTCOMES = ['closed', 'closed_by_deadline', 'abandoned', 'store_failed'] as const;
-type Outcome = (typeof OUTCOMES)[number];
-
-interface Status {
-  protocol_version: number;
-  task: string;
-  model_version: number;
-  updates_accepted: number;
-  rounds_completed: number;
-  test_accuracy: number | null;
-  clients_connected: number;
-  open_round: number | null;
-  /** Encoded update bytes accepted so far, and the codec clients use. */
-  bytes_up_total: number;
-  bytes_down_total: number;
-  compression: string;
-  /** ε spent so far (null: the task has no differential privacy). */
-  privacy: { mode: string; epsilon: number | null; delta: number; target_epsilon: number | null } | null;
-}
-
-interface RoundRecord {
-  round: number;
-  outcome: Outcome;
-  version: number | null;
-  selected: number;
-  reports: number;
-  opened_at_ms: number;
-  closed_at_ms: number;
-  test_loss: number | null;
-  test_accuracy: number | null;
-  /** Encoded update bytes the round accepted. */
-  bytes_up: number;
-}
-
-interface ClientRecord {
-  client_id: string;
-  first_seen_ms: number;
-  last_seen_ms: number;
-  rounds_completed: number;
-  failures: number;
-  last_round_trip_ms: number | null;
-  bytes_up: number;
-}
-
-// Checked at run time so a server/dashboard mismatch shows up in the banner, not as NaN in a chart.
-type Obj = Record<string, unknown>;
-
-function asObj(v: unknown, what: string): Obj {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${what} is not an object`);
-  return v as Obj;
-}
-function num(o: Obj, k: string, what: string): number {
-  const v = o[k];
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`${what}.${k} is not a number`);
-  return v;
-}
-function numOrNull(o: Obj, k: string, what: string): number | null {
-  return o[k] === null || o[k] === undefined ? null : num(o, k, what);
-}
-function str(o: Obj, k: string, what: string): string {
-  const v = o[k];
-  if (typeof v !== 'string') throw new Error(`${what}.${k} is not a string`);
-  return v;
-}
-function arr(v: unknown, what: string): unknown[] {
-  if (!Array.isArray(v)) throw new Error(`${what} is not an array`);
-  return v;
-}
-
-function parseStatus(v: unknown): Status {
-  const w = 'status';
-  const o = asObj(v, w);
-  return {
-    protocol_version: num(o, 'protocol_version', w),
-    task: str(o, 'task', w),
-    model_version: num(o, 'model_version', w),
-    updates_accepted: num(o, 'updates_accepted', w),
-    rounds_completed: num(o, 'rounds_completed', w),
-    test_accuracy: numOrNull(o, 'test_accuracy', w),
-    clients_connected: num(o, 'clients_connected', w),
-    open_round: numOrNull(o, 'open_round', w),
-    bytes_up_total: num(o, 'bytes_up_total', w),
-    bytes_down_total: num(o, 'bytes_down_total', w),
-    compression: str(o, 'compression', w),
-    privacy: parsePrivacy(o['privacy']),
-  };
-}
-
-function parsePrivacy(v: unknown): Status['privacy'] {
-  if (v === null || v === undefined) return null;
-  const w = 'status.privacy';
-  const o = asObj(v, w);
-  return {
-    mode: str(o, 'mode', w),
-    epsilon: numOrNull(o, 'epsilon', w),
-    delta: num(o, 'delta', w),
-    target_epsilon: numOrNull(o, 'target_epsilon', w),
-  };
-}
+type Status = Schemas['Status'];
+type RoundRecord = Schemas['RoundRecord'];
+type ClientRecord = Schemas['ClientRecord'];
+type Outcome = Schemas['RoundOutcome'];
+type OperatorPath = '/api/status' | '/api/rounds' | '/api/clients';
 
 function mib(bytes: number): string {
   return bytes < 1024 * 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
-function parseRounds(v: unknown): RoundRecord[] {
-  return arr(v, 'rounds').map((item, i) => {
-    const w = `rounds[${i}]`;
-    const o = asObj(item, w);
-    const outcome = str(o, 'outcome', w);
-    if (!(OUTCOMES as readonly string[]).includes(outcome)) throw new Error(`${w}.outcome "${outcome}" is unknown`);
-    return {
-      round: num(o, 'round', w),
-      outcome: outcome as Outcome,
-      version: numOrNull(o, 'version', w),
-      selected: num(o, 'selected', w),
-      reports: num(o, 'reports', w),
-      opened_at_ms: num(o, 'opened_at_ms', w),
-      closed_at_ms: num(o, 'closed_at_ms', w),
-      test_loss: numOrNull(o, 'test_loss', w),
-      test_accuracy: numOrNull(o, 'test_accuracy', w),
-      bytes_up: typeof o['bytes_up'] === 'number' ? o['bytes_up'] : 0,
-    };
-  });
-}
-
-function parseClients(v: unknown): ClientRecord[] {
-  return arr(v, 'clients').map((item, i) => {
-    const w = `clients[${i}]`;
-    const o = asObj(item, w);
-    return {
-      client_id: str(o, 'client_id', w),
-      first_seen_ms: num(o, 'first_seen_ms', w),
-      last_seen_ms: num(o, 'last_seen_ms', w),
-      rounds_completed: num(o, 'rounds_completed', w),
-      failures: num(o, 'failures', w),
-      last_round_trip_ms: numOrNull(o, 'last_round_trip_ms', w),
-      bytes_up: typeof o['bytes_up'] === 'number' ? o['bytes_up'] : 0,
-    };
-  });
-}
-
-interface Fetched {
-  body: unknown;
+interface Fetched<T> {
+  body: T;
   // The server's clock (HTTP Date header), to judge "last seen" against the server's time.
   serverDateMs: number | null;
 }
 
-async function getJson(path: string): Promise<Fetched> {
+async function getJson<P extends OperatorPath>(path: P): Promise<Fetched<GetJson<P>>> {
   let res: Response;
   try {
     res = await fetch(path, { cache: 'no-store', signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
@@ -181,19 +51,21 @@ async function getJson(path: string): Promise<Fetched> {
     throw new Error(`GET ${path}: ${why}`);
   }
   if (!res.ok) {
-    // Refusals are {"error", "message"}; show the message when there is one.
+    // Refusals are ErrorBody ({"error", "message"}); show the message when there is one.
     let detail = res.statusText;
     try {
-      const err = asObj(await res.json(), 'error');
-      if (typeof err['message'] === 'string') detail = err['message'];
+      const err: unknown = await res.json();
+      if (typeof err === 'object' && err !== null && 'message' in err && typeof err.message === 'string') detail = err.message;
     } catch {
       // Not JSON (a proxy's error page): the status line will do.
     }
     throw new Error(`GET ${path}: HTTP ${res.status}${detail ? ` (${detail})` : ''}`);
   }
-  let body: unknown;
+  // The one cast: a 2xx body is taken to be what the OpenAPI document says `path` answers. The
+  // types are generated from that document, and the server's tests hold it to the handlers.
+  let body: GetJson<P>;
   try {
-    body = await res.json();
+    body = (await res.json()) as GetJson<P>;
   } catch {
     throw new Error(`GET ${path}: the answer is not JSON`);
   }
@@ -244,12 +116,14 @@ function cssVar(name: string, fallback: string): string {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
 }
 
+// Every outcome the server names, or the type check fails.
 const OUTCOME_STYLE: Record<Outcome, { label: string; color: string }> = {
   closed: { label: 'Closed', color: '#16a34a' },
   closed_by_deadline: { label: 'Closed by deadline', color: '#d97706' },
   abandoned: { label: 'Abandoned', color: '#9ca3af' },
   store_failed: { label: 'Store failed', color: '#dc2626' },
 };
+const OUTCOMES = Object.keys(OUTCOME_STYLE) as Outcome[];
 
 type XY = { x: number; y: number };
 
@@ -402,7 +276,7 @@ function renderStatus(s: Status): void {
     'privacy',
     p === null
       ? 'off'
-      : `ε ${p.epsilon === null ? '–' : p.epsilon.toPrecision(4)}${p.target_epsilon === null ? '' : ` / ${p.target_epsilon}`} (${p.mode}, δ ${p.delta})`,
+      : `ε ${p.epsilon === null ? '–' : p.epsilon.toPrecision(4)}${p.target_epsilon === null ? '' : ` / ${p.target_epsilon}`} (${p.mode}, δ ${p.delta})${p.budget_left ? '' : ' · budget spent'}`,
   );
   document.body.dataset['epsilon'] = p?.epsilon === null || p === null ? '' : String(p.epsilon);
   document.title = `webfl · ${s.task} · v${s.model_version}`;
@@ -516,7 +390,7 @@ async function pollOnce(): Promise<void> {
   // <body data-rounds-completed="N"> is set the charts already hold those N rounds.
   let status: Status | null = null;
   try {
-    status = parseStatus((await getJson('/api/status')).body);
+    status = (await getJson('/api/status')).body;
     renderStatus(status);
   } catch (e) {
     errors.push(errorText(e));
@@ -525,7 +399,7 @@ async function pollOnce(): Promise<void> {
   const [rounds, clients] = await Promise.allSettled([getJson('/api/rounds'), getJson('/api/clients')]);
   try {
     if (rounds.status === 'rejected') throw rounds.reason;
-    const list = parseRounds(rounds.value.body);
+    const list = rounds.value.body;
     const last = list[list.length - 1];
     const key = `${list.length}:${last?.round ?? ''}:${last?.closed_at_ms ?? ''}`;
     if (key !== roundsKey) {
@@ -538,7 +412,7 @@ async function pollOnce(): Promise<void> {
   }
   try {
     if (clients.status === 'rejected') throw clients.reason;
-    const list = parseClients(clients.value.body);
+    const list = clients.value.body;
     // Judge "last seen" by the server's clock when the two clocks clearly disagree; the Date
     // header has 1 s resolution, so small differences are noise.
     const local = Date.now();

@@ -4,6 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+// Every field is always serialised, so each schema marks every field required (utoipa would
+// otherwise leave `Option` and `#[serde(default)]` fields out, and the pages' generated types
+// would make them optional).
+
 /// `GET /api/status`: the server's state for people and dashboards.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -19,10 +23,12 @@ pub struct Status {
     /// Rounds that produced a new version.
     pub rounds_completed: u64,
     /// Held-out accuracy (0..1) of the latest version that has one; null before the first round.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub test_accuracy: Option<f64>,
     /// Clients seen in the last 60 s.
     pub clients_connected: u64,
     /// The round currently taking updates, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub open_round: Option<u64>,
     /// Encoded update bytes accepted since the server started.
     pub bytes_up_total: u64,
@@ -31,6 +37,7 @@ pub struct Status {
     /// The codec clients compress updates with (`none`, `q8`, `topk:F`, …).
     pub compression: String,
     /// Differential privacy spent so far; null when the task has none.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub privacy: Option<PrivacyStatus>,
 }
 
@@ -41,9 +48,11 @@ pub struct PrivacyStatus {
     /// `local` or `central`.
     pub mode: String,
     /// ε spent by the committed rounds (RDP accountant).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub epsilon: Option<f64>,
     pub delta: f64,
     /// The budget; rounds stop when the next would exceed it.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub target_epsilon: Option<f64>,
     pub noise_multiplier: f64,
     pub sampling_rate: f64,
@@ -94,25 +103,32 @@ pub struct RoundRecord {
     pub round: u64,
     pub outcome: RoundOutcome,
     /// The version the round produced (null when it produced none).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub version: Option<u64>,
     pub selected: u64,
     pub reports: u64,
     /// When the round opened and settled, Unix milliseconds.
     pub opened_at_ms: u64,
     pub closed_at_ms: u64,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub test_loss: Option<f64>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub test_accuracy: Option<f64>,
     /// Encoded update bytes the round accepted.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub bytes_up: u64,
     /// Model bytes served to clients while the round was open.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub bytes_down: u64,
     /// Updates the server's norm bound (or central DP's clip) scaled down.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub clipped: u64,
     /// L2 norm of the aggregated update, before the server optimizer (null without a version).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub update_norm: Option<f64>,
 }
 
@@ -125,8 +141,10 @@ pub struct ClientRecord {
     pub last_seen_ms: u64,
     pub rounds_completed: u64,
     pub failures: u64,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_round_trip_ms: Option<u64>,
     /// Encoded update bytes this client has had accepted.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub bytes_up: u64,
 }
