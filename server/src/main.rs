@@ -9,7 +9,7 @@ use webfl_shared::strategy::StrategyKind;
 
 use webfl_server::simulate::{self, SimConfig};
 use webfl_server::task::TaskConfig;
-use webfl_server::{bench, datasets, http, store};
+use webfl_server::{api, bench, datasets, service, store};
 use webfl_shared::codec::Compression;
 use webfl_shared::pipeline::DpMode;
 
@@ -312,7 +312,7 @@ fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path
     let task = config.setup()?;
     let store = store::TaskDb::open(data, &task.name, &serde_json::to_string(config)?, store::unix_ms())
         .with_context(|| format!("opening the store in {}", data.display()))?;
-    let state = http::AppState::with_store(task, Box::new(store))?;
+    let state = service::Service::with_store(task, Box::new(store))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
@@ -320,12 +320,12 @@ fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path
         tracing::info!(url = %format!("http://{local}/"), upload_limit_bytes = state.upload_limit_bytes(), "webfl serving");
         // On stdout too, so scripts and tests that bind port 0 learn the address.
         println!("webfl serving at http://{local}/");
-        let ticker = http::spawn_ticker(state.clone());
+        let ticker = state.spawn_ticker();
         let app = if www.join("index.html").is_file() {
-            http::app_with_pages(state, www)
+            api::app_with_pages(state, www)
         } else {
             tracing::warn!(www = %www.display(), "no built pages there (run scripts/build-web); serving the API only");
-            http::app(state)
+            api::app(state)
         };
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -341,7 +341,7 @@ fn serve(addr: std::net::SocketAddr, config: &TaskConfig, data: &std::path::Path
 
 /// Prints the OpenAPI document; `scripts/build-web` generates the pages' API types from it.
 fn openapi() -> Result<()> {
-    println!("{}", webfl_server::openapi::document().to_pretty_json().context("serialising the OpenAPI document")?);
+    println!("{}", webfl_server::api::document().to_pretty_json().context("serialising the OpenAPI document")?);
     Ok(())
 }
 

@@ -41,7 +41,7 @@ use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 
 use crate::datasets;
-use crate::http::TaskSetup;
+use crate::service::TaskSetup;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

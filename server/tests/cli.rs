@@ -525,7 +525,7 @@ fn openapi_prints_the_served_document() {
     for field in ["model_version", "rounds_completed", "test_accuracy", "privacy"] {
         assert!(status["properties"][field].is_object(), "Status lacks {field}: {status}");
     }
-    let served: Value = serde_json::to_value(webfl_server::openapi::document()).unwrap();
+    let served: Value = serde_json::to_value(webfl_server::api::document()).unwrap();
     assert_eq!(doc, served);
 }
 

@@ -18,8 +18,9 @@ use webfl_shared::protocol::{ClientRecord, DatasetInfo, RoundOutcome, RoundRecor
 use webfl_shared::strategy::{StrategyConfig, StrategyKind};
 use webfl_shared::train::TrainPlan;
 
-use webfl_server::http::{AppState, TaskSetup, app};
-use webfl_server::store::{MemoryStore, Resume, TaskStore};
+use webfl_server::api::app;
+use webfl_server::service::{Service as AppState, TaskSetup};
+use webfl_server::store::{MemoryStore, Resume, StoreError, TaskStore};
 use webfl_shared::coordinator::RoundPolicy;
 use webfl_shared::strategy::OptimizerState;
 
@@ -427,7 +428,7 @@ async fn checkin_as(app: &Router, c: &Client) -> Value {
     json
 }
 
-fn manual_clock() -> (Arc<AtomicU64>, webfl_server::http::Clock) {
+fn manual_clock() -> (Arc<AtomicU64>, webfl_server::service::Clock) {
     let now = Arc::new(AtomicU64::new(1_000));
     let read = now.clone();
     (now, Arc::new(move || read.load(Ordering::SeqCst)))
@@ -472,27 +473,27 @@ async fn deadlines_close_or_abandon_rounds() {
 struct FailingStore(MemoryStore);
 
 impl TaskStore for FailingStore {
-    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
+    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> Result<(), StoreError> {
         self.0.put_initial(bytes)
     }
 
-    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
+    fn get(&self, version: u64) -> Result<Option<Arc<Vec<u8>>>, StoreError> {
         self.0.get(version)
     }
 
-    fn commit(&mut self, _: u64, _: Arc<Vec<u8>>, _: &RoundRecord, _: &OptimizerState) -> anyhow::Result<()> {
-        anyhow::bail!("disk full")
+    fn commit(&mut self, _: u64, _: Arc<Vec<u8>>, _: &RoundRecord, _: &OptimizerState) -> Result<(), StoreError> {
+        Err(StoreError::Json(serde_json::from_str::<u8>("disk full").unwrap_err()))
     }
 
-    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()> {
+    fn record_abandoned(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
         self.0.record_abandoned(record)
     }
 
-    fn resume(&self) -> anyhow::Result<Option<Resume>> {
+    fn resume(&self) -> Result<Option<Resume>, StoreError> {
         self.0.resume()
     }
 
-    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()> {
+    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> Result<(), StoreError> {
         self.0.touch_client(client_id, token_hash, now_ms)
     }
 
@@ -502,15 +503,15 @@ impl TaskStore for FailingStore {
         ok: bool,
         round_trip_ms: Option<u64>,
         bytes_up: u64,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreError> {
         self.0.record_contribution(client_id, ok, round_trip_ms, bytes_up)
     }
 
-    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {
+    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         self.0.clients()
     }
 
-    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>> {
+    fn client_tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.0.client_tokens()
     }
 }

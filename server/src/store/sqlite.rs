@@ -9,32 +9,17 @@
 //! round record and the server optimizer's state into a single transaction: after a crash either
 //! all of a round is there or none of it, and a version is never announced before this returns.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use webfl_shared::protocol::{ClientRecord, RoundOutcome, RoundRecord};
 use webfl_shared::strategy::OptimizerState;
 
-/// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
-const SCHEMA_VERSION: i64 = 3;
+use super::{Resume, StoreError, TaskStore, unix_ms};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
-    #[error("creating data folder {path}: {source}")]
-    Folder { path: PathBuf, source: std::io::Error },
-    #[error("database error: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("database schema version {found} is newer than this build understands ({SCHEMA_VERSION})")]
-    TooNew { found: i64 },
-    #[error("stored JSON is invalid: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("version {version} of task {task:?} already exists")]
-    VersionExists { task: String, version: u64 },
-}
+/// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// A stored model version.
 #[derive(Clone, Debug, PartialEq)]
@@ -307,142 +292,6 @@ impl Store {
     }
 }
 
-/// Where one task's committed state lives. Every recording method returns only once the write
-/// is durable, so a version is never announced before it would survive a crash.
-pub trait TaskStore: Send {
-    /// Stores version 0 of a new task.
-    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()>;
-    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>>;
-    /// Records a closed round: its new version, its record and the optimizer state, atomically.
-    fn commit(
-        &mut self,
-        version: u64,
-        bytes: Arc<Vec<u8>>,
-        record: &RoundRecord,
-        optimizer: &OptimizerState,
-    ) -> anyhow::Result<()>;
-    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()>;
-    /// What a restarted server continues from; `None` for a task that has never been stored.
-    fn resume(&self) -> anyhow::Result<Option<Resume>>;
-    /// Creates or refreshes a client (its token is kept only as a hash).
-    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()>;
-    /// Counts an accepted (`ok`) or refused upload, with the round trip from assignment to upload.
-    fn record_contribution(
-        &mut self,
-        client_id: &str,
-        ok: bool,
-        round_trip_ms: Option<u64>,
-        bytes_up: u64,
-    ) -> anyhow::Result<()>;
-    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>>;
-    /// `(client_id, token_hash)` of every known client, so tokens outlive a restart.
-    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>>;
-}
-
-/// The last committed state of a task.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Resume {
-    pub version: u64,
-    pub bytes: Vec<u8>,
-    pub history: Vec<RoundRecord>,
-    pub optimizer: Option<OptimizerState>,
-}
-
-/// Keeps everything in memory (lost on restart); for tests and throwaway servers.
-#[derive(Default)]
-pub struct MemoryStore {
-    versions: BTreeMap<u64, Arc<Vec<u8>>>,
-    history: Vec<RoundRecord>,
-    optimizer: Option<OptimizerState>,
-    clients: BTreeMap<String, (String, ClientRecord)>,
-}
-
-impl TaskStore for MemoryStore {
-    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
-        self.versions.insert(0, bytes);
-        Ok(())
-    }
-
-    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
-        Ok(self.versions.get(&version).cloned())
-    }
-
-    fn commit(
-        &mut self,
-        version: u64,
-        bytes: Arc<Vec<u8>>,
-        record: &RoundRecord,
-        optimizer: &OptimizerState,
-    ) -> anyhow::Result<()> {
-        self.versions.insert(version, bytes);
-        self.history.push(record.clone());
-        self.optimizer = Some(optimizer.clone());
-        Ok(())
-    }
-
-    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()> {
-        self.history.push(record.clone());
-        Ok(())
-    }
-
-    fn resume(&self) -> anyhow::Result<Option<Resume>> {
-        Ok(self.versions.iter().next_back().map(|(&version, bytes)| Resume {
-            version,
-            bytes: bytes.to_vec(),
-            history: self.history.clone(),
-            optimizer: self.optimizer.clone(),
-        }))
-    }
-
-    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()> {
-        let entry = self.clients.entry(client_id.to_string()).or_insert_with(|| {
-            let record = ClientRecord {
-                client_id: client_id.to_string(),
-                first_seen_ms: now_ms,
-                last_seen_ms: now_ms,
-                rounds_completed: 0,
-                failures: 0,
-                last_round_trip_ms: None,
-                bytes_up: 0,
-            };
-            (token_hash.to_string(), record)
-        });
-        entry.1.last_seen_ms = now_ms;
-        Ok(())
-    }
-
-    fn record_contribution(
-        &mut self,
-        client_id: &str,
-        ok: bool,
-        round_trip_ms: Option<u64>,
-        bytes_up: u64,
-    ) -> anyhow::Result<()> {
-        if let Some((_, c)) = self.clients.get_mut(client_id) {
-            if ok {
-                c.rounds_completed += 1;
-            } else {
-                c.failures += 1;
-            }
-            c.last_round_trip_ms = round_trip_ms.or(c.last_round_trip_ms);
-            if ok {
-                c.bytes_up += bytes_up;
-            }
-        }
-        Ok(())
-    }
-
-    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {
-        let mut all: Vec<ClientRecord> = self.clients.values().map(|(_, c)| c.clone()).collect();
-        all.sort_by_key(|c| std::cmp::Reverse(c.last_seen_ms));
-        Ok(all)
-    }
-
-    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>> {
-        Ok(self.clients.iter().map(|(id, (hash, _))| (id.clone(), hash.clone())).collect())
-    }
-}
-
 /// One task's view of the SQLite [`Store`].
 pub struct TaskDb {
     db: Store,
@@ -450,10 +299,16 @@ pub struct TaskDb {
 }
 
 impl TaskDb {
-    /// Opens `<dir>/webfl.db` for `task`, registering it with `config_json` if new.
+    /// Opens `<dir>/webfl.db` for `task`, registering it with `config_json` if new. A task
+    /// stored under other settings is refused, naming what differs: resuming its versions under
+    /// new settings would silently mix two experiments.
     pub fn open(dir: &Path, task: &str, config_json: &str, now_ms: u64) -> Result<Self, StoreError> {
         let db = Store::open(dir)?;
-        db.ensure_task(task, config_json, now_ms)?;
+        let stored = db.ensure_task(task, config_json, now_ms)?;
+        let differences = config_differences(&stored, config_json);
+        if !differences.is_empty() {
+            return Err(StoreError::ConfigChanged { task: task.to_string(), differences });
+        }
         Ok(Self { db, task: task.to_string() })
     }
 
@@ -463,11 +318,11 @@ impl TaskDb {
 }
 
 impl TaskStore for TaskDb {
-    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> anyhow::Result<()> {
+    fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> Result<(), StoreError> {
         Ok(self.db.put_initial_version(&self.task, &bytes, unix_ms())?)
     }
 
-    fn get(&self, version: u64) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
+    fn get(&self, version: u64) -> Result<Option<Arc<Vec<u8>>>, StoreError> {
         Ok(self.db.version(&self.task, version)?.map(Arc::new))
     }
 
@@ -477,16 +332,16 @@ impl TaskStore for TaskDb {
         bytes: Arc<Vec<u8>>,
         record: &RoundRecord,
         optimizer: &OptimizerState,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreError> {
         let state = serde_json::to_string(optimizer)?;
         Ok(self.db.commit_version(&self.task, version, &bytes, record, &state)?)
     }
 
-    fn record_abandoned(&mut self, record: &RoundRecord) -> anyhow::Result<()> {
+    fn record_abandoned(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
         Ok(self.db.record_abandoned(&self.task, record)?)
     }
 
-    fn resume(&self) -> anyhow::Result<Option<Resume>> {
+    fn resume(&self) -> Result<Option<Resume>, StoreError> {
         let Some(latest) = self.db.latest_version(&self.task)? else { return Ok(None) };
         let optimizer = match self.db.optimizer_state(&self.task)? {
             Some(json) => Some(serde_json::from_str(&json)?),
@@ -500,7 +355,7 @@ impl TaskStore for TaskDb {
         }))
     }
 
-    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> anyhow::Result<()> {
+    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> Result<(), StoreError> {
         Ok(self.db.touch_client(&self.task, client_id, token_hash, now_ms)?)
     }
 
@@ -510,22 +365,44 @@ impl TaskStore for TaskDb {
         ok: bool,
         round_trip_ms: Option<u64>,
         bytes_up: u64,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreError> {
         Ok(self.db.record_contribution(&self.task, client_id, ok, round_trip_ms, bytes_up)?)
     }
 
-    fn clients(&self) -> anyhow::Result<Vec<ClientRecord>> {
+    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         Ok(self.db.clients(&self.task)?)
     }
 
-    fn client_tokens(&self) -> anyhow::Result<Vec<(String, String)>> {
+    fn client_tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(self.db.client_tokens(&self.task)?)
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch, for records people read.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// The settings that differ between two task configurations (JSON), as `path: old → new`.
+/// Unreadable JSON counts as one difference.
+fn config_differences(stored: &str, current: &str) -> Vec<String> {
+    use serde_json::Value;
+    fn walk(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+        match (old, new) {
+            (Value::Object(a), Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(&sub, a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
+                }
+            }
+            (a, b) if a != b => out.push(format!("{path}: {a} → {b}")),
+            _ => {}
+        }
+    }
+    match (serde_json::from_str::<Value>(stored), serde_json::from_str::<Value>(current)) {
+        (Ok(old), Ok(new)) => {
+            let mut out = Vec::new();
+            walk("", &old, &new, &mut out);
+            out
+        }
+        _ => vec!["the stored settings are unreadable".to_string()],
+    }
 }
 
 fn insert_version(
@@ -653,6 +530,20 @@ mod tests {
         assert_eq!(resume.history.len(), 2);
         assert_eq!(resume.optimizer, Some(state));
         assert_eq!(db.get(0).unwrap().as_deref().map(Vec::as_slice), Some(&b"v0"[..]));
+    }
+
+    #[test]
+    fn a_task_stored_under_other_settings_is_refused_naming_the_differences() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = r#"{"model":"2nn","plan":{"lr":0.1,"epochs":1}}"#;
+        drop(TaskDb::open(dir.path(), "t", first, 0).unwrap());
+        // The same settings (in another key order) resume.
+        assert!(TaskDb::open(dir.path(), "t", r#"{"plan":{"epochs":1,"lr":0.1},"model":"2nn"}"#, 1).is_ok());
+        let err = TaskDb::open(dir.path(), "t", r#"{"model":"cnn","plan":{"lr":0.05,"epochs":1}}"#, 2).err().unwrap();
+        let text = err.to_string();
+        assert!(text.contains("model: \"2nn\" → \"cnn\"") && text.contains("plan.lr: 0.1 → 0.05"), "{text}");
+        // Another task name in the same folder is a new task.
+        assert!(TaskDb::open(dir.path(), "t2", r#"{"model":"cnn"}"#, 3).is_ok());
     }
 
     #[test]

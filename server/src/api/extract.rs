@@ -1,0 +1,109 @@
+//! Extractors that turn a request into a service call. Their rejection is [`ServiceError`], so
+//! a malformed request gets the same JSON refusal as any other, and handlers stay a few lines.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{HeaderMap, header};
+use http_body_util::{BodyExt, Limited};
+use webfl_shared::protocol::{CheckInRequest, header as h};
+
+use crate::service::{CheckInCall, Service, ServiceError, UploadCall};
+
+/// Check-in bodies are tiny; anything larger is refused.
+pub const CHECKIN_LIMIT_BYTES: usize = 64 * 1024;
+
+/// The bearer token of `Authorization: Bearer <token>`, if the request has one.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+async fn read_body(req: Request, limit: usize) -> Result<Bytes, ServiceError> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ServiceError::TooLarge(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ServiceError::TooLarge(limit)),
+        Err(e) => Err(ServiceError::bad_request("bad_body", format!("the body could not be read: {e}"))),
+    }
+}
+
+fn parse_u64(what: &str, text: &str) -> Result<u64, ServiceError> {
+    text.trim().parse().map_err(|_| {
+        ServiceError::bad_request("bad_request", format!("{what} must be an unsigned integer, got {text:?}"))
+    })
+}
+
+fn required_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, ServiceError> {
+    let value = headers
+        .get(name)
+        .ok_or_else(|| ServiceError::bad_request("missing_header", format!("missing header {name}")))?;
+    value.to_str().map_err(|_| ServiceError::bad_request("bad_header", format!("header {name} is not text")))
+}
+
+/// A path parameter that must be an unsigned integer (`{version}`, `{round}`).
+pub struct Number(pub u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Number {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ServiceError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ServiceError::bad_request("bad_request", e.body_text()))?;
+        parse_u64("the path parameter", &text).map(Number)
+    }
+}
+
+/// `POST /api/v1/checkin`: an empty body is a first check-in.
+pub struct CheckIn(pub CheckInCall);
+
+impl FromRequest<Service> for CheckIn {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: Request, _: &Service) -> Result<Self, ServiceError> {
+        let token = bearer(req.headers());
+        let body = read_body(req, CHECKIN_LIMIT_BYTES).await?;
+        let request: CheckInRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            CheckInRequest::default()
+        } else {
+            serde_json::from_slice(&body)
+                .map_err(|e| ServiceError::bad_request("bad_json", format!("check-in body: {e}")))?
+        };
+        if request.client_id.is_some() && token.is_none() {
+            return Err(ServiceError::Unauthorized("missing `Authorization: Bearer <token>`".into()));
+        }
+        Ok(CheckIn(CheckInCall { client_id: request.client_id, token, wait_ms: request.wait_ms.unwrap_or(0) }))
+    }
+}
+
+/// `POST /api/v1/rounds/{round}/update`: headers, path and a body bounded by the task's
+/// upload limit.
+pub struct UpdateUpload(pub UploadCall);
+
+impl FromRequest<Service> for UpdateUpload {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: Request, service: &Service) -> Result<Self, ServiceError> {
+        let (mut parts, body) = req.into_parts();
+        let Number(round) = Number::from_request_parts(&mut parts, service)
+            .await
+            .map_err(|_| ServiceError::bad_request("bad_request", "the round must be an unsigned integer"))?;
+        let headers = &parts.headers;
+        let client_id = required_header(headers, h::CLIENT)?.to_string();
+        let model_version = parse_u64("X-Webfl-Model-Version", required_header(headers, h::MODEL_VERSION)?)?;
+        let examples = parse_u64("X-Webfl-Examples", required_header(headers, h::EXAMPLES)?)?;
+        let token = bearer(headers);
+        if token.is_none() {
+            return Err(ServiceError::Unauthorized("missing `Authorization: Bearer <token>`".into()));
+        }
+        let content_type =
+            headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let body = read_body(Request::from_parts(parts, body), service.upload_limit_bytes()).await;
+        Ok(UpdateUpload(UploadCall { round, client_id, token, model_version, examples, content_type, body }))
+    }
+}

@@ -1,0 +1,213 @@
+//! The handlers: each turns a request (through an extractor) into one service call. Their
+//! `utoipa::path` attributes are the OpenAPI document's operations.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use webfl_shared::protocol::{
+    CheckInRequest, CheckInResponse, ClientRecord, ErrorBody, RoundRecord, SAFETENSORS_CONTENT_TYPE, Status, TaskInfo,
+    UploadResponse,
+};
+
+use super::extract::{CheckIn, Number, UpdateUpload};
+use crate::service::{Service, ServiceError};
+
+/// The task: what a client needs before it checks in.
+///
+/// The model, training plan, data shape (and where to fetch public demo data) and the upload
+/// limit, so a client can pick and shape its data before it asks to join a round.
+#[utoipa::path(
+    get,
+    path = "/api/v1/task",
+    tag = "protocol",
+    responses((status = 200, description = "The task.", body = TaskInfo))
+)]
+pub async fn task_info(State(service): State<Service>) -> Json<TaskInfo> {
+    Json(service.task_info())
+}
+
+/// This OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "operator",
+    responses((status = 200, description = "The OpenAPI 3.1 document of every endpoint.", body = Object))
+)]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::document())
+}
+
+/// Check in: get an assignment for the open round, or when to come back.
+///
+/// A first check-in sends no `client_id` (an empty body is fine) and receives a fresh
+/// `client_id` and `token`; later ones send `client_id` with `Authorization: Bearer <token>`.
+/// Checking in again while selected returns the same assignment.
+#[utoipa::path(
+    post,
+    path = "/api/v1/checkin",
+    tag = "protocol",
+    request_body(
+        content = CheckInRequest,
+        content_type = "application/json",
+        description = "Empty or `{}` for a first check-in; later ones send `client_id`. At most 64 KiB."
+    ),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "`assigned` (train and upload before the deadline) or `retry` (come back after \
+                                      `retry_after_ms`); both carry the client's `client_id` and `token`.",
+         body = CheckInResponse),
+        (status = 400, description = "`bad_json`: the body is not a check-in request; `bad_body`: the body could \
+                                      not be read.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a `client_id` without a bearer token, or an unknown \
+                                      `client_id` (check in anew without one).", body = ErrorBody,
+         headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: the token is not this client's.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 64 KiB.", body = ErrorBody),
+        (status = 500, description = "`internal`: the server could not record the client.", body = ErrorBody),
+    )
+)]
+pub async fn checkin(
+    State(service): State<Service>,
+    CheckIn(call): CheckIn,
+) -> Result<Json<CheckInResponse>, ServiceError> {
+    service.check_in(call).await.map(Json)
+}
+
+/// Download a committed model version as safetensors.
+///
+/// F32 tensors with PyTorch `state_dict` names. A committed version never changes.
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{version}",
+    tag = "protocol",
+    params(("version" = u64, Path, description = "A committed model version (an assignment's `model_version`).")),
+    responses(
+        (status = 200, description = "The model as safetensors.", body = super::openapi::Safetensors,
+         content_type = "application/octet-stream",
+         headers(("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"))),
+        (status = 400, description = "`bad_request`: the version is not an unsigned integer.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such version (yet).", body = ErrorBody),
+        (status = 500, description = "`internal`: the server could not read its store.", body = ErrorBody),
+    )
+)]
+pub async fn model(State(service): State<Service>, Number(version): Number) -> Result<Response, ServiceError> {
+    let bytes = service.model(version)?;
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(SAFETENSORS_CONTENT_TYPE)),
+        // A committed version never changes.
+        (header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable")),
+    ];
+    Ok((headers, Bytes::from((*bytes).clone())).into_response())
+}
+
+/// Upload an update Δ = w_local − w_global for a round.
+///
+/// Before the round's deadline, from a client selected for it, once per round. Every refusal
+/// leaves the round, the model and the counters unchanged.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rounds/{round}/update",
+    tag = "protocol",
+    params(
+        ("round" = u64, Path, description = "The assigned round."),
+        ("X-Webfl-Client" = String, Header, description = "The uploading client's `client_id`."),
+        ("X-Webfl-Model-Version" = u64, Header, description = "The model version the update was trained from."),
+        ("X-Webfl-Examples" = u64, Header, minimum = 1,
+         description = "Local examples trained on: the update's FedAvg weight."),
+    ),
+    request_body(
+        content(
+            (super::openapi::UpdateBody = "application/x-webfl-update"),
+            (super::openapi::Safetensors = "application/octet-stream"),
+        ),
+        description = "Δ in the update pipeline's encoding (`application/x-webfl-update`, the task's codec only; \
+                       what browsers send), or — for tasks without compression — as safetensors with exactly the \
+                       model's tensor names and shapes, F32. Finite values; at most the task's `upload_limit_bytes`."
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted into the round; `round_closed` when it closed the round (its new \
+                                      version is then stored and announced in the background).", body = UploadResponse),
+        (status = 400, description = "`missing_header`: an `X-Webfl-*` header is missing; `bad_header`: one is not \
+                                      text; `bad_request`: the round, `X-Webfl-Model-Version` or `X-Webfl-Examples` \
+                                      is not an unsigned integer; `bad_body`: the body could not be read.",
+         body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no bearer token, or an unknown client (check in anew).",
+         body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: the token is not this client's; `not_selected`: the client is not \
+                                      selected for this round.", body = ErrorBody),
+        (status = 409, description = "`wrong_round`: another round is open; `wrong_model_version`: not trained from \
+                                      the current version; `already_reported`: this client's update for the round \
+                                      is in; `no_open_round`: no round is taking updates; `deadline_passed`: the \
+                                      round's deadline has passed.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds `upload_limit_bytes`.",
+         body = ErrorBody),
+        (status = 422, description = "`bad_update`: not this model's tensor names, shapes or dtype, not safetensors, \
+                                      or non-finite values; `no_examples`: `X-Webfl-Examples` is 0.",
+         body = ErrorBody),
+    )
+)]
+pub async fn upload(
+    State(service): State<Service>,
+    call: Result<UpdateUpload, ServiceError>,
+) -> Result<(StatusCode, Json<UploadResponse>), ServiceError> {
+    // Malformed uploads count among the refused ones too.
+    let UpdateUpload(call) = call.map_err(|e| service.refused_upload(e))?;
+    service.upload(call).map(|accepted| (StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// A summary for people and dashboards.
+#[utoipa::path(
+    get,
+    path = "/api/status",
+    tag = "operator",
+    responses((status = 200, description = "The server's state.", body = Status))
+)]
+pub async fn status(State(service): State<Service>) -> Json<Status> {
+    Json(service.status())
+}
+
+/// Every settled round, oldest first: the dashboard's accuracy curve and round timeline.
+#[utoipa::path(
+    get,
+    path = "/api/rounds",
+    tag = "operator",
+    responses((status = 200, description = "Settled rounds, oldest first.", body = Vec<RoundRecord>))
+)]
+pub async fn rounds(State(service): State<Service>) -> Json<Vec<RoundRecord>> {
+    Json(service.history())
+}
+
+/// Health of every known client: last seen, rounds completed, failures, last round trip.
+#[utoipa::path(
+    get,
+    path = "/api/clients",
+    tag = "operator",
+    responses(
+        (status = 200, description = "Known clients, most recently seen first.",
+         body = Vec<ClientRecord>),
+        (status = 500, description = "`internal`: the server could not read its store.", body = ErrorBody),
+    )
+)]
+pub async fn clients(State(service): State<Service>) -> Result<Json<Vec<ClientRecord>>, ServiceError> {
+    service.clients().map(Json)
+}
+
+/// Prometheus metrics.
+///
+/// `webfl_model_version`, `webfl_rounds_completed_total`, `webfl_rounds_abandoned_total`,
+/// `webfl_updates_accepted_total`, `webfl_updates_rejected_total{reason}` (by error code) and
+/// `webfl_test_accuracy`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operator",
+    responses((status = 200, description = "Prometheus text exposition format.", body = String,
+               content_type = "text/plain; version=0.0.4"))
+)]
+pub async fn metrics(State(service): State<Service>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], service.metrics_text())
+        .into_response()
+}

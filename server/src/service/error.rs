@@ -1,0 +1,96 @@
+//! Every refusal the service can give. The HTTP layer renders each as
+//! `{"error": code, "message": text}` with a status chosen from its [`Refusal`] kind.
+
+use webfl_shared::coordinator::RoundError;
+
+/// What kind of refusal an error is; the API maps each to one HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed request (400).
+    BadRequest,
+    /// No credentials, or credentials for an unknown client (401).
+    Unauthorized,
+    /// Credentials of another client, or not selected (403).
+    Forbidden,
+    NotFound,
+    /// Does not fit the open round (409).
+    Conflict,
+    /// Body over the limit (413).
+    TooLarge,
+    /// Well-formed but not an acceptable update (422).
+    Unprocessable,
+    /// The server's own failure (500).
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body exceeds the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    BadUpdate(String),
+    #[error(transparent)]
+    Round(#[from] RoundError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::BadRequest { code, message: message.into() }
+    }
+
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            ServiceError::BadRequest { .. } => Refusal::BadRequest,
+            ServiceError::Unauthorized(_) => Refusal::Unauthorized,
+            ServiceError::Forbidden(_) => Refusal::Forbidden,
+            ServiceError::NotFound(_) => Refusal::NotFound,
+            ServiceError::TooLarge(_) => Refusal::TooLarge,
+            ServiceError::BadUpdate(_) => Refusal::Unprocessable,
+            ServiceError::Round(e) => match e {
+                RoundError::NotSelected(_) => Refusal::Forbidden,
+                RoundError::AlreadyReported(_)
+                | RoundError::WrongRound { .. }
+                | RoundError::WrongModelVersion { .. }
+                | RoundError::NoOpenRound
+                | RoundError::DeadlinePassed(_) => Refusal::Conflict,
+                RoundError::BadUpdate(_) | RoundError::NoExamples => Refusal::Unprocessable,
+                RoundError::BadPolicy(_) | RoundError::NothingToCommit => Refusal::Internal,
+            },
+            ServiceError::Internal(_) => Refusal::Internal,
+        }
+    }
+
+    /// The machine-readable `error` field (also the `reason` label of rejected-update metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::BadRequest { code, .. } => code,
+            ServiceError::Unauthorized(_) => "unauthorized",
+            ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::TooLarge(_) => "payload_too_large",
+            ServiceError::BadUpdate(_) => "bad_update",
+            ServiceError::Round(e) => match e {
+                RoundError::BadPolicy(_) | RoundError::NothingToCommit => "internal",
+                RoundError::NoOpenRound => "no_open_round",
+                RoundError::WrongRound { .. } => "wrong_round",
+                RoundError::WrongModelVersion { .. } => "wrong_model_version",
+                RoundError::NotSelected(_) => "not_selected",
+                RoundError::AlreadyReported(_) => "already_reported",
+                RoundError::DeadlinePassed(_) => "deadline_passed",
+                RoundError::NoExamples => "no_examples",
+                RoundError::BadUpdate(_) => "bad_update",
+            },
+            ServiceError::Internal(_) => "internal",
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The service behind `webfl serve`: it owns the task's coordinator, its store, its clients and
+//! the evaluation of new versions, and knows no HTTP types. The API layer (`crate::api`) turns
+//! requests into calls here and [`ServiceError`]s into JSON refusals.
+//!
+//! Concurrency: the state lock is a `std::sync::Mutex` never held across an `.await`. A round's
+//! commit sequence (evaluate → store → announce) runs in a task of its own ([`commit`]), never
+//! inside a request future, so a client that hangs up cannot stop it. Check-ins long-poll: a
+//! client that would be told to wait is held until the coordinator's state changes.
+
+mod clients;
+mod commit;
+mod error;
+mod metrics;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use webfl_shared::codec::Compression;
+use webfl_shared::coordinator::{CheckIn, Coordinator, Resumed, RoundPolicy, SyncCoordinator, Upload};
+use webfl_shared::data::Dataset;
+use webfl_shared::model::ModelSpec;
+use webfl_shared::params::Params;
+use webfl_shared::pipeline::{self, UpdateSpec};
+use webfl_shared::privacy::PrivacyBudget;
+use webfl_shared::protocol::{
+    AssignmentTerms, CheckInResponse, ClientRecord, DatasetInfo, MAX_CHECK_IN_WAIT_MS, PROTOCOL_VERSION, RoundRecord,
+    Status, TaskInfo, UPDATE_CONTENT_TYPE, UploadResponse,
+};
+use webfl_shared::strategy::StrategyConfig;
+use webfl_shared::train::TrainPlan;
+
+use crate::store::{MemoryStore, TaskStore, unix_ms};
+use clients::Registry;
+pub use error::{Refusal, ServiceError};
+use metrics::{Gauges, Metrics};
+
+/// Room for the safetensors header on top of the raw f32 payload when sizing the upload limit.
+const UPLOAD_HEADER_SLACK_BYTES: usize = 64 * 1024;
+/// How often the deadline ticker runs.
+const TICK_EVERY: Duration = Duration::from_millis(250);
+
+/// Everything a task needs to be served.
+pub struct TaskSetup {
+    pub name: String,
+    pub spec: ModelSpec,
+    pub plan: TrainPlan,
+    pub policy: RoundPolicy,
+    pub strategy: StrategyConfig,
+    /// Held-out data each new version is evaluated on.
+    pub test: Dataset,
+    /// Version 0.
+    pub initial: Params,
+    /// Largest accepted update body; `None` sizes it from the model (payload + header slack).
+    pub upload_limit_bytes: Option<usize>,
+    /// The data as clients see it (`GET /api/v1/task`).
+    pub dataset: DatasetInfo,
+    /// The public file served at `dataset.demo_data_url`, if any.
+    pub demo_data: Option<PathBuf>,
+    /// What clients do to updates before upload (clip, local noise, compression).
+    pub update: UpdateSpec,
+    /// Differential privacy accounting, when the task is private.
+    pub privacy: Option<PrivacyBudget>,
+}
+
+/// Milliseconds on a monotonic clock; swappable so tests can move time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The immutable parts of the task.
+struct Task {
+    name: String,
+    spec: ModelSpec,
+    test: Dataset,
+    dataset: DatasetInfo,
+    demo_data: Option<PathBuf>,
+    /// What every assignment carries (plan, model, update spec, upload limit).
+    terms: AssignmentTerms,
+}
+
+struct State {
+    coordinator: Box<dyn Coordinator>,
+    clients: Registry,
+    store: Box<dyn TaskStore>,
+    history: Vec<RoundRecord>,
+    metrics: Metrics,
+}
+
+/// A check-in as the API received it.
+pub struct CheckInCall {
+    /// The client's id, absent on a first check-in.
+    pub client_id: Option<String>,
+    /// The bearer token, when the request carried one.
+    pub token: Option<String>,
+    /// How long the client will wait for an assignment (capped at 20 s).
+    pub wait_ms: u64,
+}
+
+/// An update upload as the API received it. The body is read before the client is known, so
+/// a body that could not be read arrives as an error and counts as the client's failure.
+pub struct UploadCall {
+    pub round: u64,
+    pub client_id: String,
+    pub token: Option<String>,
+    pub model_version: u64,
+    pub examples: u64,
+    pub content_type: String,
+    pub body: Result<bytes::Bytes, ServiceError>,
+}
+
+/// The running service; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    task: Arc<Task>,
+    state: Arc<Mutex<State>>,
+    clock: Clock,
+    /// Bumped whenever a round settles or a version is committed: what long-polling check-ins
+    /// wait for.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Commit sequences still running.
+    commits_in_flight: Arc<AtomicUsize>,
+}
+
+impl Service {
+    /// Serves `setup` with versions kept in memory and a real monotonic clock.
+    pub fn new(setup: TaskSetup) -> anyhow::Result<Self> {
+        Self::with_store(setup, Box::new(MemoryStore::default()))
+    }
+
+    /// Serves `setup` from `store`, resuming its last committed version if it has one.
+    pub fn with_store(setup: TaskSetup, store: Box<dyn TaskStore>) -> anyhow::Result<Self> {
+        let start = Instant::now();
+        Self::with_store_and_clock(setup, store, Arc::new(move || start.elapsed().as_millis() as u64))
+    }
+
+    pub fn with_store_and_clock(setup: TaskSetup, mut store: Box<dyn TaskStore>, clock: Clock) -> anyhow::Result<Self> {
+        setup.plan.validate().context("invalid training plan")?;
+        let layout = setup.spec.layout().context("invalid model")?;
+        setup.initial.check_same_layout(&Params::zeros(Arc::new(layout))).context("initial parameters")?;
+        let upload_limit_bytes =
+            setup.upload_limit_bytes.unwrap_or(setup.initial.len() * 4 + UPLOAD_HEADER_SLACK_BYTES);
+        let mut strategy = setup.strategy.build().context("invalid strategy")?;
+        setup.update.validate().context("invalid update pipeline")?;
+        // Central DP noise from a CSPRNG seeded by the OS, never from a task seed.
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+        strategy.set_noise_source(Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed)));
+        // Continue from the last committed version if the store has one; otherwise start at 0.
+        let (global, version, history) = match store.resume().context("reading the stored task")? {
+            Some(resume) => {
+                let params = Params::from_safetensors(setup.initial.layout().clone(), &resume.bytes)
+                    .context("the stored model does not match the task's model")?;
+                if let Some(state) = resume.optimizer {
+                    strategy.restore_optimizer_state(state).context("restoring the server optimizer")?;
+                }
+                tracing::info!(version = resume.version, rounds = resume.history.len(), "resuming stored task");
+                (params, resume.version, resume.history)
+            }
+            None => {
+                let bytes = setup.initial.to_safetensors().context("serialising the initial model")?;
+                store.put_initial(Arc::new(bytes)).context("storing model version 0")?;
+                (setup.initial, 0, Vec::new())
+            }
+        };
+        let next_round = history.iter().map(|r| r.round).max().map_or(1, |r| r + 1);
+        let rounds_completed = history.iter().filter(|r| r.version.is_some()).count() as u64;
+        let at = Resumed { version, next_round, rounds_completed };
+        let coordinator = SyncCoordinator::new(setup.policy, strategy, global, at, setup.privacy)?;
+        let terms =
+            AssignmentTerms { plan: setup.plan, model: setup.spec.clone(), upload_limit_bytes, update: setup.update };
+        let task = Task {
+            name: setup.name,
+            spec: setup.spec,
+            test: setup.test,
+            dataset: setup.dataset,
+            demo_data: setup.demo_data,
+            terms,
+        };
+        let clients = Registry::from_stored(store.client_tokens().context("reading known clients")?);
+        let state = State { coordinator: Box::new(coordinator), clients, store, history, metrics: Metrics::default() };
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Ok(Self {
+            task: Arc::new(task),
+            state: Arc::new(Mutex::new(state)),
+            clock,
+            changed: Arc::new(changed),
+            commits_in_flight: Arc::default(),
+        })
+    }
+
+    pub fn upload_limit_bytes(&self) -> usize {
+        self.task.terms.upload_limit_bytes
+    }
+
+    /// Where the task's public demo data is served from, and the file behind it.
+    pub fn demo_data(&self) -> Option<(String, PathBuf)> {
+        Some((self.task.dataset.demo_data_url.clone()?, self.task.demo_data.clone()?))
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Converts a time on the coordinator's monotonic clock into wall-clock Unix milliseconds.
+    fn wall_ms_of(&self, monotonic_ms: u64) -> u64 {
+        unix_ms().saturating_sub(self.now().saturating_sub(monotonic_ms))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the coordinator half-updated (its methods
+        // check before they mutate), so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The task: what a client needs before it checks in.
+    pub fn task_info(&self) -> TaskInfo {
+        let task = &self.task;
+        TaskInfo {
+            protocol_version: PROTOCOL_VERSION,
+            name: task.name.clone(),
+            model: task.spec.clone(),
+            plan: task.terms.plan.clone(),
+            dataset: task.dataset.clone(),
+            upload_limit_bytes: task.terms.upload_limit_bytes,
+        }
+    }
+
+    /// Checks a client in: authenticates or registers it, then asks the coordinator for an
+    /// assignment — holding the call (long poll) while the answer would be "wait".
+    pub async fn check_in(&self, call: CheckInCall) -> Result<CheckInResponse, ServiceError> {
+        let (client_id, token) = self.identify(call.client_id, call.token)?;
+        // Subscribe before the first look, so a change between it and the wait is not missed.
+        let mut changes = self.changed.subscribe();
+        let held_until = self.now() + call.wait_ms.min(MAX_CHECK_IN_WAIT_MS);
+        loop {
+            let now = self.now();
+            let check_in = {
+                let mut state = self.lock();
+                let check_in = state.coordinator.check_in(&client_id, now);
+                let round = match check_in {
+                    CheckIn::Assigned { round, .. } => Some(round),
+                    _ => None,
+                };
+                state.clients.seen(&client_id, now, round);
+                check_in
+            };
+            if !check_in.is_wait() || now >= held_until {
+                return Ok(check_in.respond(client_id, token, &self.task.terms, now));
+            }
+            // Holding the client carries no work: if it hangs up, nothing is lost. The deadline
+            // ticker settles a round whose time is up, which wakes this too.
+            let _ = tokio::time::timeout(Duration::from_millis(held_until - now), changes.changed()).await;
+        }
+    }
+
+    /// Authenticates a known client or registers a new one; returns its id and token.
+    fn identify(&self, client_id: Option<String>, token: Option<String>) -> Result<(String, String), ServiceError> {
+        let now = self.now();
+        let mut state = self.lock();
+        let (client_id, token) = match client_id {
+            Some(id) => {
+                state.clients.authenticate(&id, token.as_deref())?;
+                (id, token.unwrap_or_default())
+            }
+            None => state.clients.register(now)?,
+        };
+        if let Some(hash) = state.clients.due_for_store(&client_id, now) {
+            state
+                .store
+                .touch_client(&client_id, &hash, unix_ms())
+                .map_err(|e| ServiceError::Internal(format!("recording the client: {e}")))?;
+        }
+        Ok((client_id, token))
+    }
+
+    /// A committed model version as safetensors bytes.
+    pub fn model(&self, version: u64) -> Result<Arc<Vec<u8>>, ServiceError> {
+        let mut state = self.lock();
+        let bytes = state.store.get(version).map_err(|e| ServiceError::Internal(format!("reading the model: {e}")))?;
+        let bytes = bytes.ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
+        state.metrics.bytes_down_this_round += bytes.len() as u64;
+        state.metrics.bytes_down_total += bytes.len() as u64;
+        Ok(bytes)
+    }
+
+    /// Accepts one client's update into the open round. Every refusal leaves the round, the
+    /// model and the counters unchanged (except the refusal counters).
+    pub fn upload(&self, call: UploadCall) -> Result<UploadResponse, ServiceError> {
+        let round_closed = self.accept(call).map_err(|e| self.refused_upload(e))?;
+        Ok(UploadResponse { accepted: true, round_closed })
+    }
+
+    /// Counts a refused upload by its reason (also one refused before it reached the service).
+    pub fn refused_upload(&self, e: ServiceError) -> ServiceError {
+        tracing::debug!(error = e.code(), message = %e, "update refused");
+        *self.lock().metrics.updates_rejected.entry(e.code()).or_default() += 1;
+        e
+    }
+
+    /// Returns whether this update closed the round (its commit sequence is then running).
+    fn accept(&self, call: UploadCall) -> Result<bool, ServiceError> {
+        self.lock().clients.authenticate(&call.client_id, call.token.as_deref())?;
+        let now = self.now();
+        let client = call.client_id;
+        // From here on the client is known: its refusals count as failures in its health record.
+        let submitted = (|| {
+            let body = call.body?;
+            let layout = self.lock().coordinator.global().layout().clone();
+            let update = decode_update(&self.task.terms.update, &call.content_type, &body, layout)?;
+            let started = Instant::now();
+            let upload = Upload {
+                round: call.round,
+                model_version: call.model_version,
+                update: &update,
+                examples: call.examples,
+            };
+            let settled = {
+                let mut state = self.lock();
+                let settled = state.coordinator.submit(&client, upload, now)?;
+                state.metrics.bytes_up_this_round += body.len() as u64;
+                state.metrics.updates_accepted += 1;
+                settled
+            };
+            tracing::info!(
+                round = call.round,
+                client,
+                aggregate_us = started.elapsed().as_micros() as u64,
+                "update aggregated"
+            );
+            Ok::<_, ServiceError>((settled, body.len() as u64))
+        })();
+        let mut state = self.lock();
+        let round_trip = state.clients.uploaded(&client, now);
+        let bytes = submitted.as_ref().map_or(0, |(_, n)| *n);
+        if let Err(e) = state.store.record_contribution(&client, submitted.is_ok(), round_trip, bytes) {
+            tracing::warn!(client, error = %e, "recording client health failed");
+        }
+        drop(state);
+        let (settled, _) = submitted?;
+        // The commit sequence runs in its own task; the answer does not wait for it.
+        Ok(settled.map(|s| self.spawn_commit(s)).is_some())
+    }
+
+    /// The server's state for people and dashboards.
+    pub fn status(&self) -> Status {
+        let now = self.now();
+        let state = self.lock();
+        let rounds_completed = state.coordinator.rounds_completed();
+        Status {
+            protocol_version: PROTOCOL_VERSION,
+            task: self.task.name.clone(),
+            model_version: state.coordinator.version(),
+            updates_accepted: state.metrics.updates_accepted,
+            rounds_completed,
+            test_accuracy: latest_accuracy(&state.history),
+            clients_connected: state.clients.connected(now) as u64,
+            open_round: state.coordinator.open_round(),
+            bytes_up_total: state.metrics.bytes_up_total,
+            bytes_down_total: state.metrics.bytes_down_total,
+            compression: self.task.terms.update.compression.to_string(),
+            privacy: state.coordinator.privacy().map(|p| p.status(rounds_completed)),
+        }
+    }
+
+    /// Settled rounds, oldest first.
+    pub fn history(&self) -> Vec<RoundRecord> {
+        self.lock().history.clone()
+    }
+
+    /// Health of every known client, most recently seen first.
+    pub fn clients(&self) -> Result<Vec<ClientRecord>, ServiceError> {
+        self.lock().store.clients().map_err(|e| ServiceError::Internal(format!("reading clients: {e}")))
+    }
+
+    /// Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        let state = self.lock();
+        let gauges = Gauges {
+            model_version: state.coordinator.version(),
+            rounds_completed: state.coordinator.rounds_completed(),
+            test_accuracy: latest_accuracy(&state.history),
+        };
+        state.metrics.render(&gauges)
+    }
+
+    /// Applies round deadlines now; what [`spawn_ticker`](Self::spawn_ticker) calls. Returns the
+    /// commit sequence it started, if the deadline settled a round.
+    pub fn tick(&self) -> Option<tokio::task::JoinHandle<bool>> {
+        let now = self.now();
+        let settled = self.lock().coordinator.tick(now);
+        match settled {
+            Ok(Some(s)) => Some(self.spawn_commit(s)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing a round at its deadline failed");
+                None
+            }
+        }
+    }
+
+    /// Applies round deadlines every ~250 ms until the runtime shuts down.
+    pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                service.tick();
+            }
+        })
+    }
+
+    /// Runs a settled round's commit sequence in a task of its own: no request future carries
+    /// it, so a client that hangs up cannot stop it.
+    fn spawn_commit(&self, settled: webfl_shared::coordinator::Settled) -> tokio::task::JoinHandle<bool> {
+        let service = self.clone();
+        service.commits_in_flight.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let committed = commit::settle(&service, settled).await;
+            service.commits_in_flight.fetch_sub(1, Ordering::SeqCst);
+            service.changed.send_modify(|n| *n += 1);
+            committed
+        })
+    }
+
+    /// Resolves once no commit sequence is running (every closed round is stored and announced,
+    /// or discarded).
+    pub async fn settled(&self) {
+        let mut changes = self.changed.subscribe();
+        while self.commits_in_flight.load(Ordering::SeqCst) > 0 {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn latest_accuracy(history: &[RoundRecord]) -> Option<f64> {
+    history.iter().rev().find(|r| r.version.is_some()).and_then(|r| r.test_accuracy)
+}
+
+/// The update in an upload body: the pipeline's encoding (`Content-Type:
+/// application/x-webfl-update`, the task's codec only) or, for tasks without compression,
+/// plain safetensors (`application/octet-stream`, what PyTorch tooling writes).
+fn decode_update(
+    spec: &UpdateSpec,
+    content_type: &str,
+    body: &[u8],
+    layout: Arc<webfl_shared::Layout>,
+) -> Result<Params, ServiceError> {
+    if content_type.starts_with(UPDATE_CONTENT_TYPE) {
+        return pipeline::decode(body, layout, spec).map_err(|e| ServiceError::BadUpdate(format!("the update: {e}")));
+    }
+    if spec.compression != Compression::None {
+        return Err(ServiceError::BadUpdate(format!(
+            "this task takes updates compressed with {} as {UPDATE_CONTENT_TYPE}",
+            spec.compression
+        )));
+    }
+    Params::from_safetensors(layout, body)
+        .map_err(|e| ServiceError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))
+}
