@@ -152,12 +152,14 @@ fn bench_gpu(args: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
     if !args.json {
         println!("gpu adapter: {}", ctx.describe());
     }
+    let start = Instant::now();
+    let now_ms = || start.elapsed().as_secs_f64() * 1e3;
     for &n in &args.gpu_sizes {
         // One product first, to size the timed batch to about `seconds`.
-        let once = pollster::block_on(gpu::bench_matmul(&ctx, n, 1))?;
+        let once = pollster::block_on(gpu::bench_matmul(&ctx, n, 1, &now_ms))?;
         let flop = 2.0 * (n * n * n) as f64;
         let reps = ((args.seconds * once * 1e9 / flop).ceil() as usize).clamp(1, 1000);
-        let gflops = pollster::block_on(gpu::bench_matmul(&ctx, n, reps))?;
+        let gflops = pollster::block_on(gpu::bench_matmul(&ctx, n, reps, &now_ms))?;
         rows.push(Row { case: format!("gpu matmul {n}x{n}x{n}"), value: gflops, unit: "GFLOP/s" });
         emit(rows, args.json);
     }

@@ -63,4 +63,20 @@ mod faults {
         let e = device_error(train_after(Some(GpuFault::DeviceLost), |_| {}));
         assert!(e.contains("lost"), "{e}");
     }
+
+    /// An error outside any error scope reaches the device's handler, not the call that caused
+    /// it: the next training that finishes on the device reports it.
+    #[test]
+    fn an_error_outside_any_error_scope_fails_the_next_training() {
+        let e = device_error(train_after(None, |ctx| {
+            // A mapped-at-creation size must be a multiple of 4: invalid by construction.
+            let _invalid = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("invalid"),
+                size: 3,
+                usage: wgpu::BufferUsages::MAP_WRITE,
+                mapped_at_creation: true,
+            });
+        }));
+        assert!(e.contains("validation"), "{e}");
+    }
 }

@@ -534,7 +534,7 @@ impl GpuBackend {
         let (val, oom) = scopes;
         let v = val.pop().await;
         let o = oom.pop().await;
-        self.ctx.check_lost()?;
+        self.ctx.check()?;
         if let Some(e) = o {
             return Err(GpuError::OutOfMemory(e.to_string()));
         }
@@ -724,6 +724,7 @@ impl GpuBackend {
         }
         let bufs = self.bufs.as_ref().ok_or_else(|| GpuError::Validation("buffers not allocated".into()))?;
         let w = ctx.read_f32(&bufs.params, 0, self.layout.len()).await?;
+        ctx.check()?;
         let local = Params::from_vec(global.layout().clone(), w).map_err(TrainError::from)?;
         Ok((local, stats))
     }
@@ -850,8 +851,9 @@ impl GpuBackend {
     }
 }
 
-/// GFLOP/s of the training matmul kernel on an `n`×`n`×`n` product (`reps` dispatches in one submit).
-pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64, GpuError> {
+/// GFLOP/s of the training matmul kernel on an `n`×`n`×`n` product (`reps` dispatches in one
+/// submit), timed with `now_ms` (milliseconds from any origin; this crate reads no clocks).
+pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize, now_ms: &dyn Fn() -> f64) -> Result<f64, GpuError> {
     let k = Kernels::new(&ctx.device, &ctx.limits)?;
     let bytes = (n * n * 4) as u64;
     let limit = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
@@ -882,10 +884,10 @@ pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64
     let scopes = (ctx.device.push_error_scope(wgpu::ErrorFilter::Validation), oom);
     run(1);
     ctx.finish().await?;
-    let t0 = GpuContext::now_ms();
+    let t0 = now_ms();
     run(reps.max(1));
     ctx.finish().await?;
-    let ms = GpuContext::now_ms() - t0;
+    let ms = now_ms() - t0;
     let (val, oom) = scopes;
     if let Some(e) = val.pop().await {
         return Err(GpuError::Validation(e.to_string()));
@@ -893,6 +895,7 @@ pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64
     if let Some(e) = oom.pop().await {
         return Err(GpuError::OutOfMemory(e.to_string()));
     }
+    ctx.check()?;
     Ok(2.0 * (n as f64).powi(3) * reps.max(1) as f64 / (ms.max(1e-3) * 1e6))
 }
 
