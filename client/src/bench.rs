@@ -2,21 +2,19 @@
 //!
 //! [`bench_engine`] measures one engine × model × batch × mode and returns samples per second in
 //! the steady state. The timing loops ([`train_rate`], [`infer_rate`]) are generic over an async
-//! closure that runs the engine once, so an engine is one `match` arm: the CPU engine's closure
-//! is synchronous inside, the WebGPU engine's awaits its device.
+//! closure that runs the engine once. Both engines are the client's own [`Engine`], forced to one
+//! side; a benchmark whose engine falls back to the CPU fails rather than report CPU numbers.
 //!
 //! Inputs are synthetic (uniform in [0, 1), random labels): throughput does not depend on the
 //! values, and every engine on the page gets the same shapes (MNIST, `[1, 28, 28]`, 10 classes).
 
-use std::sync::Arc;
-
 use wasm_bindgen::prelude::*;
 use webfl_shared::Params;
+use webfl_shared::backend::{Backend, Engine, Preference};
 use webfl_shared::data::Dataset;
 use webfl_shared::engine::{Mode, Network};
-use webfl_shared::gpu::{GpuBackend, GpuContext};
 use webfl_shared::model::ModelSpec;
-use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
+use webfl_shared::train::TrainPlan;
 
 use rand::Rng as _;
 
@@ -61,13 +59,6 @@ pub async fn bench_engine(
     let mut rng = webfl_shared::rng::derive(0x6265_6e63, &[]);
     let params = spec.init_params(&mut rng).map_err(js)?;
     match (engine.as_str(), mode.as_str()) {
-        ("cpu", "train") => {
-            let mut cpu = CpuBackend::new(&spec).map_err(js)?;
-            train_rate(&params, batch, min_seconds, async |params: &Params, data: &Dataset, plan: &TrainPlan| {
-                cpu.train(params, data, plan, &mut rng, &mut |_| {}).map(drop).map_err(js)
-            })
-            .await
-        }
         ("cpu", "infer") => {
             let net = Network::new(&spec).map_err(js)?;
             let mut ws = net.workspace(INFER_BATCH);
@@ -80,21 +71,35 @@ pub async fn bench_engine(
             })
             .await
         }
-        ("webgpu", "train" | "infer") => {
-            let ctx = GpuContext::new().await.map_err(js)?;
-            #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
-            let mut gpu = GpuBackend::new(Arc::new(ctx), &spec).map_err(js)?;
-            if mode == "train" {
+        ("cpu" | "webgpu", "train" | "infer") => {
+            let preference: Preference = engine.parse().map_err(js)?;
+            // A forced preference runs no probe, so the probe's data and plan go unused.
+            let plan = TrainPlan { batch_size: batch, lr: LR, ..TrainPlan::default() };
+            let mut chosen =
+                Engine::select(&spec, preference, &synthetic(batch, 0), &plan, &performance_now).await.map_err(js)?;
+            let unavailable =
+                |e: &Engine| JsError::new(&format!("the {engine} engine is not available: {}", e.choice().reason));
+            if chosen.name() != engine {
+                return Err(unavailable(&chosen));
+            }
+            let samples_per_s = if mode == "train" {
                 train_rate(&params, batch, min_seconds, async |params: &Params, data: &Dataset, plan: &TrainPlan| {
-                    gpu.train(params, data, plan, &mut rng, &mut |_| {}).await.map(drop).map_err(js)
+                    chosen.train(params, data, plan, &mut rng, &mut |_| {}).await.map(drop).map_err(js)
                 })
-                .await
+                .await?
             } else {
                 // One batch per call, its loss and accuracy read back: the result is complete when
-                // the call returns. (The call also writes the weights, a few ms of the total.)
-                infer_rate(min_seconds, async |data: &Dataset| gpu.evaluate(&params, data).await.map(drop).map_err(js))
-                    .await
+                // the call returns. (On the GPU the call also writes the weights, a few ms of the total.)
+                infer_rate(min_seconds, async |data: &Dataset| {
+                    chosen.evaluate(&params, data).await.map(drop).map_err(js)
+                })
+                .await?
+            };
+            // A GPU failure mid-benchmark falls back to the CPU: those would be the CPU's numbers.
+            if chosen.name() != engine {
+                return Err(unavailable(&chosen));
             }
+            Ok(samples_per_s)
         }
         ("cpu" | "webgpu", other) => Err(JsError::new(&format!("unknown mode {other:?} (train, infer)"))),
         (other, _) => Err(JsError::new(&format!("unknown engine {other:?} (cpu, webgpu)"))),

@@ -4,24 +4,26 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use js_sys::{Function, Promise};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
+use webfl_shared::backend::{Backend, Engine, Preference};
 use webfl_shared::codec::ErrorFeedback;
 use webfl_shared::data::Dataset;
+use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
 use webfl_shared::pipeline::{self, Prepared, UpdateSpec};
 use webfl_shared::protocol::{self as proto, Capabilities, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
 use webfl_shared::rng;
-use webfl_shared::train::TrainPlan;
+use webfl_shared::train::{TrainError, TrainPlan, TrainStats};
 
 use crate::ClientError;
 use crate::data::{self, DemoPartition};
 use crate::events::{Event, Phase, RoundReport};
-use crate::local::{Preference, Trainer};
 use crate::net::{self, Reply};
 
 /// Progress events are throttled to this interval so the page is not flooded.
@@ -232,11 +234,11 @@ impl Inner {
 
     async fn run(&self) -> Result<(), ClientError> {
         let data = self.data.borrow().clone().ok_or_else(|| ClientError::Data("no local data loaded".into()))?;
-        let mut trainer: Option<Trainer> = None;
+        let mut engine: Option<Engine> = None;
         let mut model_cache: Option<(u64, Vec<u8>)> = None;
         let mut backoff = BACKOFF_MS.0;
         while !self.stopped.get() {
-            match self.step(&data, &mut trainer, &mut model_cache).await {
+            match self.step(&data, &mut engine, &mut model_cache).await {
                 Ok(Step::Retry(ms)) => {
                     backoff = BACKOFF_MS.0;
                     self.emit(&Event::state(
@@ -312,10 +314,10 @@ impl Inner {
     async fn step(
         &self,
         data: &Dataset,
-        trainer: &mut Option<Trainer>,
+        engine: &mut Option<Engine>,
         model_cache: &mut Option<(u64, Vec<u8>)>,
     ) -> Result<Step, ClientError> {
-        let backend = trainer.as_ref().map_or("cpu", |t| t.backend_name());
+        let backend = engine.as_ref().map_or("cpu", |e| e.name());
         let (client_id, token, round, model_version, plan, model, spec) =
             match self.check_in(data.len(), backend).await? {
                 CheckInResponse::Retry { retry_after_ms, .. } => return Ok(Step::Retry(retry_after_ms)),
@@ -343,25 +345,29 @@ impl Inner {
         let download_ms = net::now_ms() - started;
 
         // Train in this worker (the page stays responsive), on the engine chosen for this model.
-        if trainer.as_ref().is_none_or(|t| *t.spec() != model) {
+        if engine.as_ref().is_none_or(|e| *e.spec() != model) {
             self.emit(&Event::state(Phase::Training, Some(round), "choosing a training engine"));
             let now = || net::now_ms();
-            *trainer = Some(Trainer::select(&model, self.preference.get(), data, &plan, &now).await?);
+            let chosen = Engine::select(&model, self.preference.get(), data, &plan, &now).await;
+            *engine = Some(chosen.map_err(|e| match e {
+                TrainError::Model(e) => ClientError::Task(e.to_string()),
+                e => ClientError::Training(e.to_string()),
+            })?);
         }
-        let Some(trainer) = trainer.as_mut() else { unreachable!("the trainer was just built") };
-        self.report_backend(trainer);
+        let Some(engine) = engine.as_mut() else { unreachable!("the engine was just built") };
+        self.report_backend(engine);
         self.emit(&Event::state(Phase::Training, Some(round), format!("{} examples", data.len())));
         let started = net::now_ms();
-        let mut update = self.train(trainer, &global, data, &plan, round).await?;
-        self.report_backend(trainer);
+        let (mut delta, stats) = self.train(engine, &global, data, &plan, round).await?;
+        self.report_backend(engine);
         *model_cache = Some((model_version, global));
-        let prepared = self.prepare(&mut update.delta, &spec)?;
+        let prepared = self.prepare(&mut delta, &spec)?;
         let train_ms = net::now_ms() - started;
 
         self.emit(&Event::state(Phase::Uploading, Some(round), format!("{} bytes", prepared.body.len())));
         let started = net::now_ms();
         let auth = format!("Bearer {token}");
-        let (examples, version) = (update.stats.examples.to_string(), model_version.to_string());
+        let (examples, version) = (stats.examples.to_string(), model_version.to_string());
         let headers = [
             ("content-type", proto::UPDATE_CONTENT_TYPE),
             ("authorization", auth.as_str()),
@@ -376,10 +382,10 @@ impl Inner {
         Ok(Step::Trained(RoundReport {
             round,
             model_version,
-            backend: trainer.backend_name().to_string(),
-            examples: update.stats.examples,
-            local_loss: update.stats.loss,
-            local_accuracy: update.stats.accuracy,
+            backend: engine.name().to_string(),
+            examples: stats.examples,
+            local_loss: stats.loss,
+            local_accuracy: stats.accuracy,
             bytes_down,
             bytes_up: prepared.body.len(),
             update_norm: prepared.norm,
@@ -418,25 +424,29 @@ impl Inner {
             .map_err(|e| ClientError::Training(format!("preparing the update: {e}")))
     }
 
-    fn report_backend(&self, trainer: &mut Trainer) {
-        if let Some(choice) = trainer.take_choice_change() {
+    fn report_backend(&self, engine: &mut Engine) {
+        if let Some(choice) = engine.take_choice_change() {
             self.emit(&Event::Backend(choice));
         }
     }
 
+    /// Trains from the global model in `global` (safetensors) on `data` following `plan`, with a
+    /// fresh seed for shuffling and dropout; returns `Δ = w_local − w_global` and what training did.
     async fn train(
         &self,
-        trainer: &mut Trainer,
+        engine: &mut Engine,
         global: &[u8],
         data: &Dataset,
         plan: &TrainPlan,
         round: u64,
-    ) -> Result<crate::local::LocalUpdate, ClientError> {
+    ) -> Result<(Params, TrainStats), ClientError> {
+        let global = decode_global(engine.spec(), global)?;
         let seed = net::random_seed()?;
         let mut last_emit = f64::NEG_INFINITY;
         let epochs = plan.epochs;
-        trainer
-            .train_round(global, data, plan, seed, &mut |p| {
+        let training = |e: &dyn std::fmt::Display| ClientError::Training(e.to_string());
+        let (local, stats) = engine
+            .train(&global, data, plan, &mut rng::derive(seed, &[]), &mut |p| {
                 let now = net::now_ms();
                 if now - last_emit >= PROGRESS_EVERY_MS || p.step == p.total_steps {
                     last_emit = now;
@@ -451,7 +461,17 @@ impl Inner {
                 }
             })
             .await
+            .map_err(|e| training(&e))?;
+        let delta = local.delta_from(&global).map_err(|e| training(&e))?;
+        Ok((delta, stats))
     }
+}
+
+/// The downloaded global model, which must fit the task's model.
+fn decode_global(spec: &ModelSpec, bytes: &[u8]) -> Result<Params, ClientError> {
+    let layout = spec.layout().map_err(|e| ClientError::Task(e.to_string()))?;
+    Params::from_safetensors(Arc::new(layout), bytes)
+        .map_err(|e| ClientError::Protocol(format!("the downloaded model does not fit the task: {e}")))
 }
 
 /// A 2xx JSON body as `T`; an error status becomes `Rejected` (the server refused; retry later).
@@ -462,4 +482,20 @@ fn parse_reply<T: serde::de::DeserializeOwned>(reply: &Reply, what: &str) -> Res
     }
     serde_json::from_slice(&reply.body)
         .map_err(|e| ClientError::Protocol(format!("the {what} answer is not protocol v1: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_of_another_shape_is_refused() {
+        let spec = ModelSpec::builtin("2nn", &[4], 2).unwrap();
+        let other = ModelSpec::builtin("2nn", &[5], 2).unwrap();
+        let bytes = other.init_params(&mut rng::derive(0, &[1])).unwrap().to_safetensors().unwrap();
+        let err = decode_global(&spec, &bytes).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err}");
+        let fits = spec.init_params(&mut rng::derive(0, &[1])).unwrap();
+        assert_eq!(decode_global(&spec, &fits.to_safetensors().unwrap()).unwrap(), fits);
+    }
 }

@@ -4,8 +4,7 @@
 
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
-
-use crate::local::BackendChoice;
+use webfl_shared::backend::BackendChoice;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_EVENTS: &str = r#"

@@ -2,19 +2,18 @@
 //!
 //! A page starts a dedicated Web Worker (`www/src/worker.ts`), which loads this module and runs a
 //! [`Contributor`]: check in, download the global model, train on data that never leaves the
-//! browser, upload the update. Training is `webfl-shared`'s engine — the same code `webfl
-//! simulate` runs — behind the `Backend` trait, so a WebGPU engine slots in beside the CPU one.
+//! browser, upload the update. Training is `webfl-shared`'s `backend::Engine`: WebGPU where it
+//! is present and faster, else the same CPU engine `webfl simulate` runs.
 //!
-//! Modules: [`contributor`] the protocol loop (browser-only), [`local`] one round of local
-//! training, [`data`] choosing local data, [`events`] what the page is told, [`net`] the browser
-//! APIs used (`fetch`, timers, crypto), bound through the global scope so worker and page share
-//! them. `local` and `data` are free of browser APIs and tested natively as well.
+//! Modules: [`contributor`] the protocol loop (browser-only), [`data`] choosing local data,
+//! [`events`] what the page is told, [`net`] the browser APIs used (`fetch`, timers, crypto),
+//! bound through the global scope so worker and page share them, [`bench`] the engines'
+//! throughput for the benchmark page. `data` is free of browser APIs and tested natively as well.
 
 pub mod bench;
 pub mod contributor;
 pub mod data;
 pub mod events;
-pub mod local;
 pub mod net;
 
 pub use contributor::Contributor;

@@ -1,13 +1,13 @@
 //! The WebGPU engine inside a dedicated Web Worker in headless Chromium (WebGPU enabled through
 //! `client/webdriver.json`; the adapter here is SwiftShader, a CPU implementation): the backend
 //! conformance suite against the CPU engine, and every path by which the client falls back to
-//! the CPU. `cargo test -p webfl-client --target wasm32-unknown-unknown --test webgpu`.
+//! the CPU (`webfl_shared::backend::Engine`). `cargo test -p webfl-client --target wasm32-unknown-unknown --test webgpu`.
 #![cfg(target_arch = "wasm32")]
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
-use webfl_client::local::{Preference, Trainer};
 use webfl_client::net;
+use webfl_shared::backend::{Backend, Engine, Preference};
 use webfl_shared::gpu::GpuFault;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::rng;
@@ -27,9 +27,9 @@ fn plan() -> TrainPlan {
     TrainPlan { epochs: 2, batch_size: 5, lr: 0.1, ..TrainPlan::default() }
 }
 
-async fn select(preference: Preference) -> Trainer {
+async fn select(preference: Preference) -> Engine {
     let now = || net::now_ms();
-    Trainer::select(&spec(), preference, &toy_data(40), &plan(), &now).await.unwrap()
+    Engine::select(&spec(), preference, &toy_data(40), &plan(), &now).await.unwrap()
 }
 
 /// Runs JavaScript in the worker's global scope, to patch the browser's WebGPU API. Each test
@@ -47,8 +47,8 @@ const RESTORE: &str = r#"
 #[wasm_bindgen_test]
 async fn with_webgpu_present_auto_selection_times_both_engines() {
     js(RESTORE);
-    let mut trainer = select(Preference::Auto).await;
-    let choice = trainer.take_choice_change().unwrap();
+    let mut engine = select(Preference::Auto).await;
+    let choice = engine.take_choice_change().unwrap();
     let (cpu, gpu) = (choice.cpu_samples_per_s.unwrap(), choice.gpu_samples_per_s.unwrap());
     assert!(cpu > 0.0 && gpu > 0.0, "{choice:?}");
     assert_eq!(choice.backend, if gpu > cpu { "webgpu" } else { "cpu" }, "{choice:?}");
@@ -59,9 +59,9 @@ async fn with_webgpu_present_auto_selection_times_both_engines() {
 async fn no_navigator_gpu_means_the_cpu() {
     js(RESTORE);
     js("Object.defineProperty(navigator, 'gpu', { value: undefined, configurable: true });");
-    let trainer = select(Preference::WebGpu).await;
+    let engine = select(Preference::WebGpu).await;
     js(RESTORE);
-    let choice = trainer.choice();
+    let choice = engine.choice();
     assert_eq!(choice.backend, "cpu");
     assert!(choice.reason.starts_with("WebGPU unavailable"), "{choice:?}");
 }
@@ -71,9 +71,9 @@ async fn no_adapter_means_the_cpu() {
     js(RESTORE);
     js("self.__webflRequestAdapter = GPU.prototype.requestAdapter; \
         GPU.prototype.requestAdapter = async function () { return null; };");
-    let trainer = select(Preference::Auto).await;
+    let engine = select(Preference::Auto).await;
     js(RESTORE);
-    let choice = trainer.choice();
+    let choice = engine.choice();
     assert_eq!(choice.backend, "cpu");
     assert!(choice.reason.starts_with("WebGPU unavailable") && choice.adapter.is_none(), "{choice:?}");
 }
@@ -84,9 +84,9 @@ async fn a_failed_device_request_means_the_cpu() {
     js("self.__webflRequestDevice = GPUAdapter.prototype.requestDevice; \
         GPUAdapter.prototype.requestDevice = function () { \
             return Promise.reject(new DOMException('injected by the test', 'OperationError')); };");
-    let trainer = select(Preference::Auto).await;
+    let engine = select(Preference::Auto).await;
     js(RESTORE);
-    let choice = trainer.choice();
+    let choice = engine.choice();
     assert_eq!(choice.backend, "cpu");
     assert!(choice.reason.starts_with("WebGPU unavailable"), "{choice:?}");
 }
@@ -96,17 +96,18 @@ async fn a_failed_device_request_means_the_cpu() {
 #[wasm_bindgen_test]
 async fn a_gpu_failure_mid_round_falls_back_without_losing_the_round() {
     js(RESTORE);
-    let global = spec().init_params(&mut rng::derive(0, &[1])).unwrap().to_safetensors().unwrap();
+    let global = spec().init_params(&mut rng::derive(0, &[1])).unwrap();
     let data = toy_data(40);
-    let reference = Trainer::new(&spec()).unwrap().train_round(&global, &data, &plan(), 3, &mut |_| {}).await.unwrap();
+    let mut cpu = Engine::cpu(&spec()).unwrap();
+    let reference = cpu.train(&global, &data, &plan(), &mut rng::derive(3, &[]), &mut |_| {}).await.unwrap();
     for (fault, words) in [(GpuFault::DeviceLost, "lost"), (GpuFault::ValidationError, "alidation")] {
-        let mut trainer = select(Preference::WebGpu).await;
-        assert_eq!(trainer.backend_name(), "webgpu", "{:?}", trainer.choice());
-        trainer.take_choice_change();
-        assert!(trainer.inject_gpu_fault(fault));
-        let update = trainer.train_round(&global, &data, &plan(), 3, &mut |_| {}).await.unwrap();
-        assert_eq!(update.delta.as_slice(), reference.delta.as_slice());
-        let choice = trainer.take_choice_change().expect("the fallback is reported");
+        let mut engine = select(Preference::WebGpu).await;
+        assert_eq!(engine.name(), "webgpu", "{:?}", engine.choice());
+        engine.take_choice_change();
+        assert!(engine.inject_gpu_fault(fault));
+        let trained = engine.train(&global, &data, &plan(), &mut rng::derive(3, &[]), &mut |_| {}).await.unwrap();
+        assert_eq!(trained, reference);
+        let choice = engine.take_choice_change().expect("the fallback is reported");
         assert_eq!(choice.backend, "cpu");
         assert!(choice.reason.contains(words) && choice.reason.contains("again on the CPU"), "{choice:?}");
     }

@@ -8,10 +8,11 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
-use webfl_client::{Contributor, local::Trainer, net};
+use webfl_client::{Contributor, net};
+use webfl_shared::backend::{Backend, Engine};
 use webfl_shared::model::ModelSpec;
 use webfl_shared::rng;
-use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
+use webfl_shared::train::TrainPlan;
 
 mod common;
 
@@ -33,16 +34,11 @@ async fn local_training_in_the_worker_learns_the_toy_task() {
     let global = spec.init_params(&mut rng::derive(0, &[1])).unwrap();
     let data = toy_data(60);
     let plan = TrainPlan { epochs: 5, batch_size: 10, lr: 0.1, ..TrainPlan::default() };
-    let update = Trainer::new(&spec)
-        .unwrap()
-        .train_round(&global.to_safetensors().unwrap(), &data, &plan, net::random_seed().unwrap(), &mut |_| {})
-        .await
-        .unwrap();
-    let mut local = global.clone();
-    local.axpy(1.0, &update.delta).unwrap();
-    let mut cpu = CpuBackend::new(&spec).unwrap();
-    let before = cpu.evaluate(&global, &data).unwrap();
-    let after = cpu.evaluate(&local, &data).unwrap();
+    let mut engine = Engine::cpu(&spec).unwrap();
+    let mut stream = rng::derive(net::random_seed().unwrap(), &[]);
+    let (local, _) = engine.train(&global, &data, &plan, &mut stream, &mut |_| {}).await.unwrap();
+    let before = engine.evaluate(&global, &data).await.unwrap();
+    let after = engine.evaluate(&local, &data).await.unwrap();
     assert!(after.loss < before.loss * 0.5, "loss {} -> {}", before.loss, after.loss);
     assert_eq!(after.accuracy, 1.0);
 }

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
+use webfl_shared::backend::{Backend, CpuBackend};
 use webfl_shared::data::Dataset;
 use webfl_shared::engine::gemm::{Mat, gemm};
 use webfl_shared::gpu::{self, GpuBackend, GpuContext};
 use webfl_shared::model::ModelSpec;
 use webfl_shared::rng::derive;
-use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
+use webfl_shared::train::TrainPlan;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -85,7 +86,7 @@ pub fn train_samples_per_sec(model: &str, batch: usize, secs: f64) -> Result<f64
 }
 
 /// Training samples per second of any engine on synthetic MNIST-shaped data.
-pub fn train_rate(be: &mut dyn Backend, spec: &ModelSpec, batch: usize, secs: f64) -> Result<f64> {
+pub fn train_rate(be: &mut impl Backend, spec: &ModelSpec, batch: usize, secs: f64) -> Result<f64> {
     let mut rng = derive(0, &[]);
     let global = spec.init_params(&mut rng)?;
     let n = batch * STEPS_PER_CALL;
@@ -99,7 +100,7 @@ pub fn train_rate(be: &mut dyn Backend, spec: &ModelSpec, batch: usize, secs: f6
     let plan = TrainPlan { epochs: 1, batch_size: batch, lr: 0.01, ..Default::default() };
     let mut err = None;
     let epochs = rate(secs, || {
-        if let Err(e) = be.train(&global, &data, &plan, &mut rng, &mut |_| {}) {
+        if let Err(e) = pollster::block_on(be.train(&global, &data, &plan, &mut rng, &mut |_| {})) {
             err = Some(e);
         }
     });
@@ -151,12 +152,14 @@ fn bench_gpu(args: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
     if !args.json {
         println!("gpu adapter: {}", ctx.describe());
     }
+    let start = Instant::now();
+    let now_ms = || start.elapsed().as_secs_f64() * 1e3;
     for &n in &args.gpu_sizes {
         // One product first, to size the timed batch to about `seconds`.
-        let once = pollster::block_on(gpu::bench_matmul(&ctx, n, 1))?;
+        let once = pollster::block_on(gpu::bench_matmul(&ctx, n, 1, &now_ms))?;
         let flop = 2.0 * (n * n * n) as f64;
         let reps = ((args.seconds * once * 1e9 / flop).ceil() as usize).clamp(1, 1000);
-        let gflops = pollster::block_on(gpu::bench_matmul(&ctx, n, reps))?;
+        let gflops = pollster::block_on(gpu::bench_matmul(&ctx, n, reps, &now_ms))?;
         rows.push(Row { case: format!("gpu matmul {n}x{n}x{n}"), value: gflops, unit: "GFLOP/s" });
         emit(rows, args.json);
     }

@@ -17,6 +17,7 @@ use rand::seq::index::sample;
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use webfl_shared::backend::CpuBackend;
 use webfl_shared::codec::{Compression, ErrorFeedback};
 use webfl_shared::data::csv::{CsvOptions, LabelColumn};
 use webfl_shared::data::partition::{Partition, histogram_table, partition};
@@ -27,7 +28,7 @@ use webfl_shared::pipeline::{self, DpMode, UpdateSpec};
 use webfl_shared::privacy::accountant;
 use webfl_shared::rng::derive;
 use webfl_shared::strategy::{CentralDpConfig, Strategy, StrategyConfig, StrategyKind};
-use webfl_shared::train::{Backend, CpuBackend, EvalStats, TrainPlan};
+use webfl_shared::train::{EvalStats, TrainPlan};
 
 use crate::{datasets, plot};
 

@@ -7,10 +7,11 @@
 //! difference of two initialisations scaled by 0.01.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use webfl_shared::backend::CpuBackend;
 use webfl_shared::codec::{Compression, ErrorFeedback, decode, encode};
 use webfl_shared::model::ModelSpec;
 use webfl_shared::rng::derive;
-use webfl_shared::train::{Backend, CpuBackend, TrainPlan};
+use webfl_shared::train::TrainPlan;
 
 const CODECS: [&str; 7] = ["none", "q8", "topk:0.1", "topk:0.01", "topk:0.01+q8", "randk:0.1", "qsgd:16"];
 const SAMPLES: usize = 512;

@@ -3,6 +3,7 @@
 //! No I/O and no platform code: this crate compiles for `wasm32-unknown-unknown` and native
 //! alike, so simulation and production run the very same training and aggregation code.
 
+pub mod backend;
 pub mod codec;
 pub mod coordinator;
 pub mod data;

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 
 use super::kernels::{Args, Dispatch, Kernel, Kernels, f};
 use super::{GpuContext, GpuError};
+use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::engine::layers::{ConvGeom, PoolGeom};
 use crate::engine::{self, Network};
@@ -25,7 +26,7 @@ const STEPS_PER_SUBMIT: usize = 64;
 /// Longest rows a bias gradient sums in one invocation (longer ones use a tree reduction).
 const SERIAL_SUM_ROWS: u32 = 512;
 
-/// A real fault to provoke on the next `train()` (for the client's CPU-fallback tests).
+/// A real fault to provoke in the next training or evaluation (for tests of the CPU fallback).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GpuFault {
     /// Encode a dispatch larger than the device allows, so wgpu reports a validation error.
@@ -208,15 +209,11 @@ impl GpuBackend {
         Ok(Self { ctx, kernels, ops, sizes, needs_input_grad, layout, bufs: None, plans: HashMap::new(), fault: None })
     }
 
-    pub fn name(&self) -> &'static str {
-        "webgpu"
-    }
-
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
     }
 
-    /// Provokes `fault` during the next `train()`, after its first submit.
+    /// Provokes `fault` during the next training or evaluation, after its first submit.
     pub fn inject_fault(&mut self, fault: GpuFault) {
         self.fault = Some(fault);
     }
@@ -537,7 +534,7 @@ impl GpuBackend {
         let (val, oom) = scopes;
         let v = val.pop().await;
         let o = oom.pop().await;
-        self.ctx.check_lost()?;
+        self.ctx.check()?;
         if let Some(e) = o {
             return Err(GpuError::OutOfMemory(e.to_string()));
         }
@@ -554,8 +551,9 @@ impl GpuBackend {
         (val, oom)
     }
 
-    fn inject(&mut self) {
-        match self.fault.take() {
+    /// Provokes `fault` (one taken from `self.fault`) now.
+    fn provoke(&self, fault: Option<GpuFault>) {
+        match fault {
             Some(GpuFault::ValidationError) => {
                 let Some(bufs) = self.bufs.as_ref() else { return };
                 let d = self.kernels.bind(
@@ -580,7 +578,7 @@ impl GpuBackend {
         }
     }
 
-    pub async fn train(
+    async fn train_on_device(
         &mut self,
         global: &Params,
         data: &Dataset,
@@ -646,7 +644,7 @@ impl GpuBackend {
         let mut shown_loss = 0.0;
         let mut feat_host = Vec::with_capacity(window * sl);
         let mut label_host = Vec::with_capacity(window);
-        let mut submitted = false;
+        let mut fault = self.fault.take();
         for epoch in 0..plan.epochs {
             order.shuffle(rng);
             let scopes = self.scopes();
@@ -703,10 +701,7 @@ impl GpuBackend {
                     ctx.queue.submit([enc.finish()]);
                     s += chunk;
                     stats.steps += chunk;
-                    if !submitted {
-                        submitted = true;
-                        self.inject();
-                    }
+                    self.provoke(fault.take());
                     // Per-step losses stay on the device until the epoch ends; show the last
                     // epoch's mean meanwhile.
                     progress(Progress { epoch, step: stats.steps, total_steps, loss: shown_loss });
@@ -729,11 +724,12 @@ impl GpuBackend {
         }
         let bufs = self.bufs.as_ref().ok_or_else(|| GpuError::Validation("buffers not allocated".into()))?;
         let w = ctx.read_f32(&bufs.params, 0, self.layout.len()).await?;
+        ctx.check()?;
         let local = Params::from_vec(global.layout().clone(), w).map_err(TrainError::from)?;
         Ok((local, stats))
     }
 
-    pub async fn evaluate(&mut self, params: &Params, data: &Dataset) -> Result<EvalStats, GpuError> {
+    async fn evaluate_on_device(&mut self, params: &Params, data: &Dataset) -> Result<EvalStats, GpuError> {
         self.check_data(data)?;
         self.check_params(params)?;
         if data.is_empty() {
@@ -757,6 +753,7 @@ impl GpuBackend {
         let features = storage(&ctx, "features", (window * sl * 4) as u64);
         let labels = storage(&ctx, "labels", window as u64 * 4);
         let metrics = storage(&ctx, "eval metrics", n as u64 * 8);
+        let mut fault = self.fault.take();
         for w0 in (0..n).step_by(window) {
             let w1 = (w0 + window).min(n);
             ctx.queue.write_buffer(&features, 0, bytemuck::cast_slice(&data.features[w0 * sl..w1 * sl]));
@@ -779,6 +776,7 @@ impl GpuBackend {
                     enc.copy_buffer_to_buffer(&bufs.metrics, 0, &metrics, ((w0 + start) * 8) as u64, (bsz * 8) as u64);
                 }
                 ctx.queue.submit([enc.finish()]);
+                self.provoke(fault.take());
             }
         }
         let m = ctx.read_f32(&metrics, 0, 2 * n).await?;
@@ -853,8 +851,9 @@ impl GpuBackend {
     }
 }
 
-/// GFLOP/s of the training matmul kernel on an `n`×`n`×`n` product (`reps` dispatches in one submit).
-pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64, GpuError> {
+/// GFLOP/s of the training matmul kernel on an `n`×`n`×`n` product (`reps` dispatches in one
+/// submit), timed with `now_ms` (milliseconds from any origin; this crate reads no clocks).
+pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize, now_ms: &dyn Fn() -> f64) -> Result<f64, GpuError> {
     let k = Kernels::new(&ctx.device, &ctx.limits)?;
     let bytes = (n * n * 4) as u64;
     let limit = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
@@ -885,10 +884,10 @@ pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64
     let scopes = (ctx.device.push_error_scope(wgpu::ErrorFilter::Validation), oom);
     run(1);
     ctx.finish().await?;
-    let t0 = GpuContext::now_ms();
+    let t0 = now_ms();
     run(reps.max(1));
     ctx.finish().await?;
-    let ms = GpuContext::now_ms() - t0;
+    let ms = now_ms() - t0;
     let (val, oom) = scopes;
     if let Some(e) = val.pop().await {
         return Err(GpuError::Validation(e.to_string()));
@@ -896,25 +895,25 @@ pub async fn bench_matmul(ctx: &GpuContext, n: usize, reps: usize) -> Result<f64
     if let Some(e) = oom.pop().await {
         return Err(GpuError::OutOfMemory(e.to_string()));
     }
+    ctx.check()?;
     Ok(2.0 * (n as f64).powi(3) * reps.max(1) as f64 / (ms.max(1e-3) * 1e6))
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+/// A training error stays what it is; everything else is the device's failure (which the
+/// [`crate::backend::Engine`] answers by falling back to the CPU).
 fn to_train_error(e: GpuError) -> TrainError {
     match e {
         GpuError::Train(t) => t,
-        GpuError::Model(m) => TrainError::Model(m),
         other => TrainError::Device(other.to_string()),
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-impl crate::train::Backend for GpuBackend {
+impl Backend for GpuBackend {
     fn name(&self) -> &'static str {
         "webgpu"
     }
 
-    fn train(
+    async fn train(
         &mut self,
         global: &Params,
         data: &Dataset,
@@ -922,11 +921,11 @@ impl crate::train::Backend for GpuBackend {
         rng: &mut Rng,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(Params, TrainStats), TrainError> {
-        super::block_on(GpuBackend::train(self, global, data, plan, rng, progress)).map_err(to_train_error)
+        self.train_on_device(global, data, plan, rng, progress).await.map_err(to_train_error)
     }
 
-    fn evaluate(&mut self, params: &Params, data: &Dataset) -> Result<EvalStats, TrainError> {
-        super::block_on(GpuBackend::evaluate(self, params, data)).map_err(to_train_error)
+    async fn evaluate(&mut self, params: &Params, data: &Dataset) -> Result<EvalStats, TrainError> {
+        self.evaluate_on_device(params, data).await.map_err(to_train_error)
     }
 }
 

@@ -1,7 +1,9 @@
 //! The backend conformance suite, written once and run against every engine: natively for the
 //! CPU engine and wgpu (`shared/tests/conformance.rs`), and in a browser through
 //! wasm-bindgen-test. Each check compares an engine with the CPU reference engine
-//! ([`crate::engine::Network`]) with the tolerance stated in the check.
+//! ([`crate::engine::Network`]) with the tolerance stated in the check. Whole trainings and
+//! evaluations go through the engine's [`Backend`], the seam every caller uses; single ops
+//! through the engine's own test hooks.
 #![allow(async_fn_in_trait)]
 
 use std::collections::HashMap;
@@ -10,16 +12,21 @@ use std::sync::Arc;
 use rand::Rng as _;
 
 use super::{GpuBackend, GpuContext};
+use crate::backend::{Backend, CpuBackend};
 use crate::data::Dataset;
 use crate::engine::{Mode, Network, loss};
 use crate::model::{Layer, ModelSpec, Padding, PaddingName};
 use crate::params::Params;
 use crate::rng::derive;
-use crate::train::{Backend as _, CpuBackend, EvalStats, TrainPlan, TrainStats};
+use crate::train::{EvalStats, TrainPlan, TrainStats};
 
 /// What the suite needs from an engine.
 pub trait TestEngine {
+    /// What whole trainings and evaluations run on.
+    type Backend: Backend;
     fn name(&self) -> &str;
+    /// The engine's backend for `spec`, built once per model.
+    fn backend(&mut self, spec: &ModelSpec) -> &mut Self::Backend;
     /// Inference-mode logits `[batch, classes]` for `x` (`batch` samples).
     async fn logits(&mut self, spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<f32>;
     /// Mean loss and gradient of one training-mode step (`seed` seeds dropout).
@@ -31,15 +38,6 @@ pub trait TestEngine {
         labels: &[u32],
         seed: u64,
     ) -> (f64, Vec<f32>);
-    async fn train(
-        &mut self,
-        spec: &ModelSpec,
-        global: &Params,
-        data: &Dataset,
-        plan: &TrainPlan,
-        seed: u64,
-    ) -> (Params, TrainStats);
-    async fn evaluate(&mut self, spec: &ModelSpec, params: &Params, data: &Dataset) -> EvalStats;
     /// `A[m,k]·B[k,n]` with A, B read through (row, column) strides.
     async fn matmul(
         &mut self,
@@ -68,12 +66,48 @@ fn cpu_loss_and_grad(spec: &ModelSpec, params: &[f32], x: &[f32], labels: &[u32]
     (l, g)
 }
 
-/// The CPU reference engine.
-pub struct CpuEngine;
+fn cpu_train(spec: &ModelSpec, global: &Params, data: &Dataset, plan: &TrainPlan, seed: u64) -> (Params, TrainStats) {
+    CpuBackend::new(spec)
+        .expect("spec")
+        .train(global, data, plan, &mut derive(seed, &[]), &mut |_| {})
+        .expect("cpu train")
+}
+
+fn cpu_evaluate(spec: &ModelSpec, params: &Params, data: &Dataset) -> EvalStats {
+    CpuBackend::new(spec).expect("spec").evaluate(params, data).expect("cpu evaluate")
+}
+
+fn cpu_matmul(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    sa: (usize, usize),
+    b: &[f32],
+    sb: (usize, usize),
+) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k)
+                .map(|t| f64::from(a[i * sa.0 + t * sa.1]) * f64::from(b[t * sb.0 + j * sb.1]))
+                .sum::<f64>() as f32;
+        }
+    }
+    c
+}
+
+/// The CPU reference engine; one [`CpuBackend`] per model.
+#[derive(Default)]
+pub struct CpuEngine {
+    backends: HashMap<String, CpuBackend>,
+}
 
 impl TestEngine for CpuEngine {
+    type Backend = CpuBackend;
     fn name(&self) -> &str {
         "cpu"
+    }
+    fn backend(&mut self, spec: &ModelSpec) -> &mut CpuBackend {
+        self.backends.entry(spec.to_json()).or_insert_with(|| CpuBackend::new(spec).expect("spec"))
     }
     async fn logits(&mut self, spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<f32> {
         cpu_logits(spec, params, x)
@@ -88,39 +122,15 @@ impl TestEngine for CpuEngine {
     ) -> (f64, Vec<f32>) {
         cpu_loss_and_grad(spec, params, x, labels, seed)
     }
-    async fn train(
-        &mut self,
-        spec: &ModelSpec,
-        global: &Params,
-        data: &Dataset,
-        plan: &TrainPlan,
-        seed: u64,
-    ) -> (Params, TrainStats) {
-        CpuBackend::new(spec)
-            .expect("spec")
-            .train(global, data, plan, &mut derive(seed, &[]), &mut |_| {})
-            .expect("cpu train")
-    }
-    async fn evaluate(&mut self, spec: &ModelSpec, params: &Params, data: &Dataset) -> EvalStats {
-        CpuBackend::new(spec).expect("spec").evaluate(params, data).expect("cpu evaluate")
-    }
     async fn matmul(
         &mut self,
-        (m, n, k): (usize, usize, usize),
+        mnk: (usize, usize, usize),
         a: &[f32],
         sa: (usize, usize),
         b: &[f32],
         sb: (usize, usize),
     ) -> Vec<f32> {
-        let mut c = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                c[i * n + j] = (0..k)
-                    .map(|t| f64::from(a[i * sa.0 + t * sa.1]) * f64::from(b[t * sb.0 + j * sb.1]))
-                    .sum::<f64>() as f32;
-            }
-        }
-        c
+        cpu_matmul(mnk, a, sa, b, sb)
     }
 }
 
@@ -135,22 +145,24 @@ impl GpuEngine {
     /// Chromium with --enable-unsafe-webgpu).
     pub async fn new() -> Self {
         match GpuContext::new().await {
+            // Single-threaded in the browser; GpuBackend shares the context through an Arc.
+            #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
             Ok(ctx) => GpuEngine { ctx: Arc::new(ctx), backends: HashMap::new() },
             Err(e) => panic!("no WebGPU/wgpu device for the GPU conformance suite: {e}"),
         }
     }
+}
 
+impl TestEngine for GpuEngine {
+    type Backend = GpuBackend;
+    fn name(&self) -> &str {
+        "webgpu"
+    }
     fn backend(&mut self, spec: &ModelSpec) -> &mut GpuBackend {
         let ctx = self.ctx.clone();
         self.backends
             .entry(spec.to_json())
             .or_insert_with(|| GpuBackend::new(ctx, spec).unwrap_or_else(|e| panic!("GpuBackend::new: {e}")))
-    }
-}
-
-impl TestEngine for GpuEngine {
-    fn name(&self) -> &str {
-        "webgpu"
     }
     async fn logits(&mut self, spec: &ModelSpec, params: &[f32], x: &[f32]) -> Vec<f32> {
         self.backend(spec).forward_logits(params, x).await.unwrap_or_else(|e| panic!("forward: {e}"))
@@ -165,20 +177,6 @@ impl TestEngine for GpuEngine {
     ) -> (f64, Vec<f32>) {
         let be = self.backend(spec);
         be.loss_and_grad(params, x, labels, seed as u32).await.unwrap_or_else(|e| panic!("loss_and_grad: {e}"))
-    }
-    async fn train(
-        &mut self,
-        spec: &ModelSpec,
-        global: &Params,
-        data: &Dataset,
-        plan: &TrainPlan,
-        seed: u64,
-    ) -> (Params, TrainStats) {
-        let be = self.backend(spec);
-        be.train(global, data, plan, &mut derive(seed, &[]), &mut |_| {}).await.unwrap_or_else(|e| panic!("train: {e}"))
-    }
-    async fn evaluate(&mut self, spec: &ModelSpec, params: &Params, data: &Dataset) -> EvalStats {
-        self.backend(spec).evaluate(params, data).await.unwrap_or_else(|e| panic!("evaluate: {e}"))
     }
     async fn matmul(
         &mut self,
@@ -344,7 +342,7 @@ pub async fn matmul_odd_sizes<E: TestEngine>(e: &mut E) {
         let b = random(k * n, 2);
         for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (n, 1)), ((k, 1), (1, k)), ((1, m), (1, k))] {
             let got = e.matmul((m, n, k), &a, sa, &b, sb).await;
-            let want = CpuEngine.matmul((m, n, k), &a, sa, &b, sb).await;
+            let want = cpu_matmul((m, n, k), &a, sa, &b, sb);
             assert_close(&format!("{} matmul {m}x{n}x{k} {sa:?} {sb:?}", e.name()), &got, &want, 1e-4, 1e-5);
         }
     }
@@ -404,8 +402,13 @@ async fn train_matches<E: TestEngine>(e: &mut E, s: ModelSpec, shape: &[usize]) 
     let data = synthetic(shape, 93, 10, 4);
     let global = params_for(&s, 8);
     let plan = TrainPlan { epochs: 3, batch_size: 20, lr: 0.05, momentum: 0.9, weight_decay: 1e-3, prox_mu: 0.1 };
-    let (got, stats) = e.train(&s, &global, &data, &plan, 5).await;
-    let (want, cpu) = CpuEngine.train(&s, &global, &data, &plan, 5).await;
+    let name = e.name().to_string();
+    let (got, stats) = e
+        .backend(&s)
+        .train(&global, &data, &plan, &mut derive(5, &[]), &mut |_| {})
+        .await
+        .unwrap_or_else(|err| panic!("{name} train: {err}"));
+    let (want, cpu) = cpu_train(&s, &global, &data, &plan, 5);
     assert_eq!(stats.steps, cpu.steps);
     assert_eq!(stats.examples, cpu.examples);
     assert!(
@@ -455,8 +458,9 @@ pub async fn evaluate_matches_cpu<E: TestEngine>(e: &mut E) {
     let s = ModelSpec::builtin("mlp", &[1, 6, 6], 10).expect("mlp");
     let data = synthetic(&[1, 6, 6], 300, 10, 6);
     let p = params_for(&s, 3);
-    let got = e.evaluate(&s, &p, &data).await;
-    let want = CpuEngine.evaluate(&s, &p, &data).await;
+    let name = e.name().to_string();
+    let got = e.backend(&s).evaluate(&p, &data).await.unwrap_or_else(|err| panic!("{name} evaluate: {err}"));
+    let want = cpu_evaluate(&s, &p, &data);
     assert_eq!(got.examples, want.examples);
     assert!((got.loss - want.loss).abs() < 1e-4 * want.loss.abs() + 1e-5, "{}: {got:?} vs {want:?}", e.name());
     assert!((got.accuracy - want.accuracy).abs() < 1e-9, "{}: {got:?} vs {want:?}", e.name());

@@ -14,7 +14,14 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     lost: Arc<Mutex<Option<String>>>,
-    uncaptured: Arc<Mutex<Vec<String>>>,
+    uncaptured: Arc<Mutex<Uncaptured>>,
+}
+
+/// Errors the device raised outside any error scope, until [`GpuContext::check`] reads them.
+#[derive(Default)]
+struct Uncaptured {
+    first: Option<GpuError>,
+    more: usize,
 }
 
 impl GpuContext {
@@ -51,12 +58,21 @@ impl GpuContext {
                 *l = Some(format!("{reason:?}: {msg}"));
             }
         });
-        // Without a handler wgpu panics on errors outside an error scope; record them instead.
-        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        // Without a handler wgpu panics on errors outside an error scope; keep the first one
+        // (later ones are usually its consequences) for `check` to report.
+        let uncaptured = Arc::new(Mutex::new(Uncaptured::default()));
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
+            let e = match e {
+                wgpu::Error::OutOfMemory { source } => GpuError::OutOfMemory(source.to_string()),
+                wgpu::Error::Validation { description, .. } => GpuError::Validation(description),
+                wgpu::Error::Internal { description, .. } => GpuError::Internal(description),
+            };
+            if let Ok(mut u) = sink.lock() {
+                match u.first {
+                    None => u.first = Some(e),
+                    Some(_) => u.more += 1,
+                }
             }
         }));
         Ok(GpuContext { device, queue, info, limits, lost, uncaptured })
@@ -100,16 +116,31 @@ impl GpuContext {
         self.lost.lock().ok().and_then(|l| l.clone())
     }
 
-    /// Errors that happened outside any error scope since the last call.
-    pub fn take_uncaptured(&self) -> Vec<String> {
-        self.uncaptured.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
-    }
-
     pub(crate) fn check_lost(&self) -> Result<(), GpuError> {
         match self.lost_reason() {
             Some(reason) => Err(GpuError::DeviceLost(reason)),
             None => Ok(()),
         }
+    }
+
+    /// Fails if the device was lost, or with the first error it raised outside any error scope
+    /// since the last check (those reach a handler, not the call that caused them), forgetting
+    /// them: work that finishes calls this so such errors fail it instead of vanishing.
+    pub(crate) fn check(&self) -> Result<(), GpuError> {
+        self.check_lost()?;
+        let Ok(mut u) = self.uncaptured.lock() else { return Ok(()) };
+        let more = std::mem::take(&mut u.more);
+        let Some(first) = u.first.take() else { return Ok(()) };
+        if more == 0 {
+            return Err(first);
+        }
+        let note = |m: String| format!("{m} (and {more} more GPU errors outside any error scope)");
+        Err(match first {
+            GpuError::OutOfMemory(m) => GpuError::OutOfMemory(note(m)),
+            GpuError::Validation(m) => GpuError::Validation(note(m)),
+            GpuError::Internal(m) => GpuError::Internal(note(m)),
+            other => other,
+        })
     }
 
     /// Copies `size` bytes at `offset` of `src` (a COPY_SRC buffer) back to the host, after all
@@ -172,20 +203,6 @@ impl GpuContext {
         match self.lost_reason() {
             Some(reason) => GpuError::DeviceLost(reason),
             None => other,
-        }
-    }
-
-    /// Milliseconds from an arbitrary origin (for benchmarks).
-    pub(crate) fn now_ms() -> f64 {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use std::sync::OnceLock;
-            static START: OnceLock<std::time::Instant> = OnceLock::new();
-            START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            js_sys::Date::now()
         }
     }
 }

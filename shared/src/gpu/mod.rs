@@ -30,6 +30,8 @@ pub enum GpuError {
     OutOfMemory(String),
     #[error("GPU validation error: {0}")]
     Validation(String),
+    #[error("internal GPU error: {0}")]
+    Internal(String),
     #[error("{what} needs {bytes} bytes but this GPU allows at most {limit} per buffer")]
     TooLarge { what: String, bytes: u64, limit: u64 },
     #[error(transparent)]
