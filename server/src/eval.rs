@@ -6,7 +6,8 @@ use rayon::prelude::*;
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
-use webfl_shared::train::{Backend, CpuBackend, EvalStats};
+use webfl_shared::backend::CpuBackend;
+use webfl_shared::train::EvalStats;
 
 /// The test set is cut into chunks evaluated in parallel and combined in order, so the result
 /// does not depend on scheduling.
