@@ -1,39 +1,34 @@
-//! The contribution loop a Web Worker runs: check in, download the global model, train on local
-//! data, upload the update, repeat — until stopped. Protocol v1 (`docs/protocol.md`), with the
-//! message types shared with the server (`webfl_shared::protocol`).
+//! The contribution loop a Web Worker runs: a thin driver of the shared participant session
+//! ([`webfl_shared::participant::Session`]), which decides everything a client decides — when to
+//! check in, what to download, which random streams a round uses, the update pipeline, back-off.
+//! This driver only does what needs the browser: `fetch`, timers, `crypto.getRandomValues`, the
+//! training engine (WebGPU or the CPU), and events for the page.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use js_sys::{Function, Promise};
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 use webfl_shared::backend::{Backend, Engine, Preference};
-use webfl_shared::codec::ErrorFeedback;
 use webfl_shared::data::Dataset;
-use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
-use webfl_shared::pipeline::{self, Prepared, UpdateSpec};
-use webfl_shared::protocol::{self as proto, Capabilities, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
-use webfl_shared::rng;
-use webfl_shared::train::{TrainError, TrainPlan, TrainStats};
+use webfl_shared::participant::{
+    Action, Failure, Identity, Notice, Phase, Randomness, Reply, Session, SessionError, TrainJob, UploadRequest,
+};
+use webfl_shared::protocol::{self as proto, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
+use webfl_shared::train::{TrainError, TrainStats};
 
 use crate::ClientError;
 use crate::data::{self, DemoPartition};
-use crate::events::{Event, Phase, RoundReport};
-use crate::net::{self, Reply};
+use crate::events::{Event, RoundEvent};
+use crate::net;
 
 /// Progress events are throttled to this interval so the page is not flooded.
 const PROGRESS_EVERY_MS: f64 = 100.0;
-/// Back-off after a failed exchange: doubles from the first to the last value.
-const BACKOFF_MS: (u64, u64) = (1_000, 30_000);
 /// Granularity at which a waiting client notices `stop()`.
 const STOP_POLL_MS: u64 = 200;
 
-/// A browser's contribution to one task on one server. Build it, give it data, `run()` it.
 #[wasm_bindgen]
 pub struct Contributor {
     inner: Rc<Inner>,
@@ -42,13 +37,12 @@ pub struct Contributor {
 struct Inner {
     server: String,
     on_event: Function,
-    identity: RefCell<Option<(String, String)>>,
+    identity: RefCell<Option<Identity>>,
     task: RefCell<Option<TaskInfo>>,
     data: RefCell<Option<Rc<Dataset>>>,
-    /// Error-feedback residual of top-k compression, kept across rounds (and, through the
-    /// worker, across reloads); as bytes until the model size is known.
-    memory: RefCell<Option<ErrorFeedback>>,
-    saved_memory: RefCell<Option<Vec<u8>>>,
+    /// The top-k error-feedback residual after the last round (the worker persists it), and one
+    /// restored from an earlier session for the session to take up.
+    residual: RefCell<Option<Vec<u8>>>,
     stopped: Cell<bool>,
     running: Cell<bool>,
     preference: Cell<Preference>,
@@ -69,8 +63,7 @@ impl Contributor {
             identity: RefCell::new(None),
             task: RefCell::new(None),
             data: RefCell::new(None),
-            memory: RefCell::new(None),
-            saved_memory: RefCell::new(None),
+            residual: RefCell::new(None),
             stopped: Cell::new(false),
             running: Cell::new(false),
             preference: Cell::new(Preference::Auto),
@@ -80,7 +73,7 @@ impl Contributor {
 
     /// Continues as a client the server already knows (from an earlier `identity` event).
     pub fn resume(&self, client_id: String, token: String) {
-        *self.inner.identity.borrow_mut() = Some((client_id, token));
+        *self.inner.identity.borrow_mut() = Some(Identity { client_id, token });
     }
 
     /// Which training engine to use: `"auto"` (default: WebGPU if present and faster than the
@@ -88,7 +81,7 @@ impl Contributor {
     /// missing or fails). Takes effect when the next model is set up.
     #[wasm_bindgen(js_name = setBackend)]
     pub fn set_backend(&self, which: &str) -> Result<(), JsError> {
-        self.inner.preference.set(which.parse()?);
+        self.inner.preference.set(which.parse().map_err(|e| JsError::new(&format!("{e}")))?);
         Ok(())
     }
 
@@ -145,7 +138,7 @@ impl Contributor {
             inner.stopped.set(false);
             let result = inner.run().await;
             inner.running.set(false);
-            inner.emit(&Event::state(Phase::Stopped, None, ""));
+            inner.emit(&Event::State { state: Phase::Stopped, round: None, detail: String::new() });
             match result {
                 Ok(()) => Ok(JsValue::UNDEFINED),
                 Err(e) => {
@@ -159,13 +152,13 @@ impl Contributor {
     /// The error-feedback residual to persist (after a `round` event), if compression keeps one.
     #[wasm_bindgen(js_name = errorFeedback)]
     pub fn error_feedback(&self) -> Option<Vec<u8>> {
-        self.inner.memory.borrow().as_ref().map(ErrorFeedback::to_bytes)
+        self.inner.residual.borrow().clone()
     }
 
     /// Restores a residual saved by `errorFeedback()` in an earlier session.
     #[wasm_bindgen(js_name = restoreErrorFeedback)]
     pub fn restore_error_feedback(&self, bytes: Vec<u8>) {
-        *self.inner.saved_memory.borrow_mut() = Some(bytes);
+        *self.inner.residual.borrow_mut() = Some(bytes);
     }
 
     /// Asks the loop to stop at its next pause (a local round in progress finishes first; a page
@@ -180,14 +173,6 @@ impl Contributor {
     pub fn use_dataset(&self, data: Dataset, source: &str) -> usize {
         self.inner.set_data(data, source.to_string())
     }
-}
-
-/// How one pass of the loop ended.
-enum Step {
-    Retry(u64),
-    Trained(RoundReport),
-    /// The server takes no more rounds.
-    Done(String),
 }
 
 impl Inner {
@@ -234,38 +219,54 @@ impl Inner {
 
     async fn run(&self) -> Result<(), ClientError> {
         let data = self.data.borrow().clone().ok_or_else(|| ClientError::Data("no local data loaded".into()))?;
+        let mut seed = [0u8; 32];
+        net::fill_random(&mut seed)?;
+        let mut session = Session::new(data.len(), vec!["cpu".into()], Randomness::from_entropy(seed));
+        if let Some(identity) = self.identity.borrow().clone() {
+            session.resume(identity);
+        }
+        if let Some(bytes) = self.residual.borrow_mut().take() {
+            session.restore_residual(bytes);
+        }
         let mut engine: Option<Engine> = None;
-        let mut model_cache: Option<(u64, Vec<u8>)> = None;
-        let mut backoff = BACKOFF_MS.0;
+        let mut reply = Reply::Start;
         while !self.stopped.get() {
-            match self.step(&data, &mut engine, &mut model_cache).await {
-                Ok(Step::Retry(ms)) => {
-                    backoff = BACKOFF_MS.0;
-                    self.emit(&Event::state(
-                        Phase::Waiting,
-                        None,
-                        format!("next check-in in {:.1} s", ms as f64 / 1e3),
-                    ));
-                    self.pause(ms).await;
-                }
-                Ok(Step::Trained(report)) => {
-                    backoff = BACKOFF_MS.0;
-                    self.emit(&Event::Round(report));
-                }
-                Ok(Step::Done(reason)) => {
-                    self.emit(&Event::state(Phase::Stopped, None, reason));
-                    return Ok(());
-                }
-                Err(e) if e.is_fatal() => return Err(e),
-                Err(e) => {
-                    self.emit(&Event::Error { message: e.to_string(), fatal: false });
-                    self.emit(&Event::state(Phase::Waiting, None, format!("retrying in {} s", backoff / 1000)));
-                    self.pause(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MS.1);
-                }
+            let step = session.handle(reply, net::now_ms()).map_err(fatal)?;
+            for notice in step.notices {
+                self.tell(notice, &session, engine.as_ref());
             }
+            reply = match step.action {
+                Action::CheckIn { request, token } => Reply::CheckIn(self.check_in(&request, token.as_deref()).await?),
+                Action::Download { model_version } => Reply::Model(self.download(model_version).await),
+                Action::Train(job) => Reply::Trained(self.train(*job, &data, &mut engine).await),
+                Action::Upload(request) => Reply::Uploaded(self.upload(&request).await?),
+                Action::Wait { ms } => {
+                    self.pause(ms).await;
+                    Reply::Waited
+                }
+                Action::Finish { .. } => return Ok(()),
+            };
         }
         Ok(())
+    }
+
+    /// Turns what the session says into events for the page.
+    fn tell(&self, notice: Notice, session: &Session, engine: Option<&Engine>) {
+        let event = match notice {
+            Notice::Identity(identity) => {
+                *self.identity.borrow_mut() = Some(identity.clone());
+                Event::Identity { client_id: identity.client_id, token: identity.token }
+            }
+            Notice::Phase { phase, round, detail } => Event::State { state: phase, round, detail },
+            Notice::Round(report) => {
+                // Persisted by the worker when it hears of the round.
+                *self.residual.borrow_mut() = session.residual_bytes();
+                let backend = engine.map_or("cpu", |e| e.choice().backend).to_string();
+                Event::Round(RoundEvent { report, backend })
+            }
+            Notice::Problem(message) => Event::Error { message, fatal: false },
+        };
+        self.emit(&event);
     }
 
     /// Sleeps `ms`, waking early when stopped.
@@ -278,175 +279,70 @@ impl Inner {
         }
     }
 
-    fn auth_header(&self) -> Option<String> {
-        self.identity.borrow().as_ref().map(|(_, token)| format!("Bearer {token}"))
-    }
-
-    async fn check_in(&self, examples: usize, backend: &str) -> Result<CheckInResponse, ClientError> {
-        self.emit(&Event::state(Phase::Connecting, None, "checking in"));
-        let request = CheckInRequest {
-            client_id: self.identity.borrow().as_ref().map(|(id, _)| id.clone()),
-            capabilities: Capabilities { backends: vec![backend.to_string()], examples: Some(examples as u64) },
-            wait_ms: Some(proto::MAX_CHECK_IN_WAIT_MS),
-        };
-        let body = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let auth = self.auth_header();
+    /// `POST /api/v1/checkin`. A 2xx answer that is not protocol v1 is fatal.
+    async fn check_in(
+        &self,
+        request: &CheckInRequest,
+        token: Option<&str>,
+    ) -> Result<Result<CheckInResponse, Failure>, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(auth) = &auth {
             headers.push(("authorization", auth));
         }
-        let reply = net::send("POST", &self.url("/api/v1/checkin"), &headers, Some(&body)).await?;
-        if reply.status == 401 {
-            // The server does not know us (its store was reset): start over as a new client.
-            *self.identity.borrow_mut() = None;
-            return Err(ClientError::Rejected(format!("{}; checking in as a new client", reply.error_text())));
-        }
-        let response: CheckInResponse = parse_reply(&reply, "check-in")?;
-        let (id, token) = response.identity();
-        let known = self.identity.borrow().as_ref().is_some_and(|(i, t)| i == id && t == token);
-        if !known {
-            *self.identity.borrow_mut() = Some((id.to_string(), token.to_string()));
-            self.emit(&Event::Identity { client_id: id.to_string(), token: token.to_string() });
-        }
-        Ok(response)
+        Ok(match exchange("POST", &self.url("/api/v1/checkin"), &headers, Some(&body)).await {
+            Ok(bytes) => Ok(parse(&bytes, "check-in")?),
+            Err(failure) => Err(failure),
+        })
     }
 
-    async fn step(
-        &self,
-        data: &Dataset,
-        engine: &mut Option<Engine>,
-        model_cache: &mut Option<(u64, Vec<u8>)>,
-    ) -> Result<Step, ClientError> {
-        let backend = engine.as_ref().map_or("cpu", |e| e.name());
-        let (client_id, token, round, model_version, plan, model, spec) =
-            match self.check_in(data.len(), backend).await? {
-                CheckInResponse::Retry { retry_after_ms, .. } => return Ok(Step::Retry(retry_after_ms)),
-                CheckInResponse::Done { reason, .. } => return Ok(Step::Done(reason)),
-                CheckInResponse::Assigned { client_id, token, round, model_version, terms, .. } => {
-                    (client_id, token, round, model_version, terms.plan, terms.model, terms.update)
-                }
-            };
+    /// `GET /api/v1/models/{version}`.
+    async fn download(&self, model_version: u64) -> Result<Vec<u8>, Failure> {
+        exchange("GET", &self.url(&format!("/api/v1/models/{model_version}")), &[], None).await
+    }
 
-        // Download, unless this version is cached (a retried round trains the same version).
-        self.emit(&Event::state(Phase::Downloading, Some(round), format!("model version {model_version}")));
-        let started = net::now_ms();
-        let (global, bytes_down) = match model_cache.take() {
-            Some((v, bytes)) if v == model_version => (bytes, 0),
-            _ => {
-                let url = self.url(&format!("/api/v1/models/{model_version}"));
-                let reply = net::send("GET", &url, &[], None).await?;
-                if !reply.ok() {
-                    return Err(ClientError::Rejected(format!("downloading the model: {}", reply.error_text())));
-                }
-                let n = reply.body.len();
-                (reply.body, n)
-            }
-        };
-        let download_ms = net::now_ms() - started;
-
-        // Train in this worker (the page stays responsive), on the engine chosen for this model.
-        if engine.as_ref().is_none_or(|e| *e.spec() != model) {
-            self.emit(&Event::state(Phase::Training, Some(round), "choosing a training engine"));
-            let now = || net::now_ms();
-            let chosen = Engine::select(&model, self.preference.get(), data, &plan, &now).await;
-            *engine = Some(chosen.map_err(|e| match e {
-                TrainError::Model(e) => ClientError::Task(e.to_string()),
-                e => ClientError::Training(e.to_string()),
-            })?);
-        }
-        let Some(engine) = engine.as_mut() else { unreachable!("the engine was just built") };
-        self.report_backend(engine);
-        self.emit(&Event::state(Phase::Training, Some(round), format!("{} examples", data.len())));
-        let started = net::now_ms();
-        let (mut delta, stats) = self.train(engine, &global, data, &plan, round).await?;
-        self.report_backend(engine);
-        *model_cache = Some((model_version, global));
-        let prepared = self.prepare(&mut delta, &spec)?;
-        let train_ms = net::now_ms() - started;
-
-        self.emit(&Event::state(Phase::Uploading, Some(round), format!("{} bytes", prepared.body.len())));
-        let started = net::now_ms();
-        let auth = format!("Bearer {token}");
-        let (examples, version) = (stats.examples.to_string(), model_version.to_string());
+    /// `POST /api/v1/rounds/{round}/update`.
+    async fn upload(&self, request: &UploadRequest) -> Result<Result<UploadResponse, Failure>, ClientError> {
+        let auth = format!("Bearer {}", request.token);
+        let (examples, version) = (request.examples.to_string(), request.model_version.to_string());
         let headers = [
-            ("content-type", proto::UPDATE_CONTENT_TYPE),
+            ("content-type", request.content_type),
             ("authorization", auth.as_str()),
-            (proto::header::CLIENT, client_id.as_str()),
+            (proto::header::CLIENT, request.client_id.as_str()),
             (proto::header::MODEL_VERSION, version.as_str()),
             (proto::header::EXAMPLES, examples.as_str()),
         ];
-        let url = self.url(&format!("/api/v1/rounds/{round}/update"));
-        let reply = net::send("POST", &url, &headers, Some(&prepared.body)).await?;
-        let accepted: UploadResponse = parse_reply(&reply, "upload")?;
-        let upload_ms = net::now_ms() - started;
-        Ok(Step::Trained(RoundReport {
-            round,
-            model_version,
-            backend: engine.name().to_string(),
-            examples: stats.examples,
-            local_loss: stats.loss,
-            local_accuracy: stats.accuracy,
-            bytes_down,
-            bytes_up: prepared.body.len(),
-            update_norm: prepared.norm,
-            clipped: prepared.clipped,
-            noise_std: spec.noise_std,
-            compression: spec.compression.to_string(),
-            download_ms,
-            train_ms,
-            upload_ms,
-            round_closed: accepted.round_closed,
-        }))
+        let url = self.url(&format!("/api/v1/rounds/{}/update", request.round));
+        Ok(match exchange("POST", &url, &headers, Some(&request.body)).await {
+            Ok(bytes) => Ok(parse(&bytes, "upload")?),
+            Err(failure) => Err(failure),
+        })
     }
 
-    /// Clips, noises, compresses and encodes the update as the task asks
-    /// ([`pipeline::prepare`]); noise comes from a ChaCha20 seeded by `crypto.getRandomValues`.
-    fn prepare(&self, delta: &mut Params, spec: &UpdateSpec) -> Result<Prepared, ClientError> {
-        let mut memory = self.memory.borrow_mut();
-        if spec.compression.uses_error_feedback() {
-            let fits = memory.as_ref().is_some_and(|m| m.len() == delta.len());
-            if !fits {
-                let saved = self.saved_memory.borrow_mut().take();
-                *memory = Some(
-                    saved
-                        .and_then(|b| ErrorFeedback::from_bytes(&b, delta.len()).ok())
-                        .unwrap_or_else(|| ErrorFeedback::new(delta.len())),
-                );
-            }
-        } else {
-            *memory = None;
-        }
-        let mut seed = [0u8; 32];
-        net::fill_random(&mut seed)?;
-        let mut noise = ChaCha20Rng::from_seed(seed);
-        let mut codec_rng = rng::derive(net::random_seed()?, &[]);
-        pipeline::prepare(delta, spec, memory.as_mut(), &mut noise, &mut codec_rng)
-            .map_err(|e| ClientError::Training(format!("preparing the update: {e}")))
-    }
-
-    fn report_backend(&self, engine: &mut Engine) {
-        if let Some(choice) = engine.take_choice_change() {
-            self.emit(&Event::Backend(choice));
-        }
-    }
-
-    /// Trains from the global model in `global` (safetensors) on `data` following `plan`, with a
-    /// fresh seed for shuffling and dropout; returns `Δ = w_local − w_global` and what training did.
+    /// Trains the session's job in this worker (the page stays responsive) on the engine chosen
+    /// for its model: WebGPU when present and faster, else the CPU, with the engine's fallback.
     async fn train(
         &self,
-        engine: &mut Engine,
-        global: &[u8],
+        mut job: TrainJob,
         data: &Dataset,
-        plan: &TrainPlan,
-        round: u64,
-    ) -> Result<(Params, TrainStats), ClientError> {
-        let global = decode_global(engine.spec(), global)?;
-        let seed = net::random_seed()?;
+        engine: &mut Option<Engine>,
+    ) -> Result<(Params, TrainStats), TrainError> {
+        if engine.as_ref().is_none_or(|e| *e.spec() != job.model) {
+            self.emit(&Event::State {
+                state: Phase::Training,
+                round: Some(job.round),
+                detail: "choosing a training engine".into(),
+            });
+            let now = || net::now_ms();
+            *engine = Some(Engine::select(&job.model, self.preference.get(), data, &job.plan, &now).await?);
+        }
+        let Some(engine) = engine.as_mut() else { return Err(TrainError::Device("no training engine".into())) };
+        self.report_backend(engine);
+        let (round, epochs) = (job.round, job.plan.epochs);
         let mut last_emit = f64::NEG_INFINITY;
-        let epochs = plan.epochs;
-        let training = |e: &dyn std::fmt::Display| ClientError::Training(e.to_string());
-        let (local, stats) = engine
-            .train(&global, data, plan, &mut rng::derive(seed, &[]), &mut |p| {
+        let trained = engine
+            .train(&job.global, data, &job.plan, &mut job.rng, &mut |p| {
                 let now = net::now_ms();
                 if now - last_emit >= PROGRESS_EVERY_MS || p.step == p.total_steps {
                     last_emit = now;
@@ -460,28 +356,42 @@ impl Inner {
                     });
                 }
             })
-            .await
-            .map_err(|e| training(&e))?;
-        let delta = local.delta_from(&global).map_err(|e| training(&e))?;
-        Ok((delta, stats))
+            .await;
+        // A fallback to the CPU mid-round is reported as it happened.
+        self.report_backend(engine);
+        trained
+    }
+
+    fn report_backend(&self, engine: &mut Engine) {
+        if let Some(choice) = engine.take_choice_change() {
+            self.emit(&Event::Backend(choice));
+        }
     }
 }
 
-/// The downloaded global model, which must fit the task's model.
-fn decode_global(spec: &ModelSpec, bytes: &[u8]) -> Result<Params, ClientError> {
-    let layout = spec.layout().map_err(|e| ClientError::Task(e.to_string()))?;
-    Params::from_safetensors(Arc::new(layout), bytes)
-        .map_err(|e| ClientError::Protocol(format!("the downloaded model does not fit the task: {e}")))
+/// One HTTP exchange as the session sees it: the body of a 2xx answer, or why there was none.
+async fn exchange(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
+    match net::send(method, url, headers, body).await {
+        Ok(reply) if reply.ok() => Ok(reply.body),
+        Ok(reply) => Err(Failure::http(reply.status, &reply.body)),
+        Err(e) => Err(Failure::network(e.to_string())),
+    }
 }
 
-/// A 2xx JSON body as `T`; an error status becomes `Rejected` (the server refused; retry later).
-fn parse_reply<T: serde::de::DeserializeOwned>(reply: &Reply, what: &str) -> Result<T, ClientError> {
-    if !reply.ok() {
-        let text = format!("{what} refused: {}", reply.error_text());
-        return Err(if reply.status >= 500 { ClientError::Network(text) } else { ClientError::Rejected(text) });
-    }
-    serde_json::from_slice(&reply.body)
+/// A 2xx JSON body as protocol v1; anything else is a fatal protocol error.
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ClientError::Protocol(format!("the {what} answer is not protocol v1: {e}")))
+}
+
+/// A problem no retry can fix.
+fn fatal(e: SessionError) -> ClientError {
+    match e {
+        SessionError::Data(m) => ClientError::Data(m),
+        SessionError::Task(m) => ClientError::Task(m),
+        SessionError::Protocol(m) => ClientError::Protocol(m),
+        SessionError::OutOfOrder(m) => ClientError::Protocol(format!("internal: unexpected reply while {m}")),
+    }
 }
 
 #[cfg(test)]
@@ -489,13 +399,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_model_of_another_shape_is_refused() {
-        let spec = ModelSpec::builtin("2nn", &[4], 2).unwrap();
-        let other = ModelSpec::builtin("2nn", &[5], 2).unwrap();
-        let bytes = other.init_params(&mut rng::derive(0, &[1])).unwrap().to_safetensors().unwrap();
-        let err = decode_global(&spec, &bytes).unwrap_err();
-        assert!(matches!(err, ClientError::Protocol(_)), "{err}");
-        let fits = spec.init_params(&mut rng::derive(0, &[1])).unwrap();
-        assert_eq!(decode_global(&spec, &fits.to_safetensors().unwrap()).unwrap(), fits);
+    fn a_reply_that_is_not_protocol_v1_is_fatal() {
+        let err = parse::<CheckInResponse>(b"{\"status\": \"maybe\"}", "check-in").unwrap_err();
+        assert!(err.is_fatal(), "{err}");
+        let ok: UploadResponse = parse(br#"{"accepted": true, "round_closed": false}"#, "upload").unwrap();
+        assert!(ok.accepted);
     }
 }

@@ -5,12 +5,14 @@ use webfl_shared::data::csv::{CsvOptions, parse_csv};
 use webfl_shared::data::partition::{Partition, partition};
 use webfl_shared::data::{Dataset, mnist};
 use webfl_shared::protocol::DatasetInfo;
+use webfl_shared::rng;
 
 use crate::ClientError;
 
 /// Which part of the public training split this browser takes: client `client` of `of` under
-/// `scheme` (`iid`, `shards:2`, `dirichlet:0.5`, …), the same partitioner and seed semantics as
-/// `webfl simulate`, so a page reproduces a simulated client exactly.
+/// `scheme` (`iid`, `shards:2`, `dirichlet:0.5`, …) for run seed `seed`. The partitioner's seed
+/// is [`rng::partition_seed`], as in `webfl simulate` and `webfl partition`, so a page trains on
+/// exactly the examples simulated client `client` would.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DemoPartition {
     pub scheme: String,
@@ -30,7 +32,7 @@ pub fn demo_partition(wfds: &[u8], which: &DemoPartition) -> Result<Dataset, Cli
     }
     let split = mnist::decode(wfds).map_err(|e| ClientError::Data(format!("the demo data is unreadable: {e}")))?;
     let train = split.train;
-    let parts = partition(&train.labels, train.classes, which.of, &scheme, which.seed)
+    let parts = partition(&train.labels, train.classes, which.of, &scheme, rng::partition_seed(which.seed))
         .map_err(|e| ClientError::Data(e.to_string()))?;
     Ok(train.subset(&parts[which.client]))
 }

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use webfl_shared::backend::BackendChoice;
+pub use webfl_shared::participant::{Phase, RoundReport};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_EVENTS: &str = r#"
@@ -37,36 +38,12 @@ export type ClientEvent =
   StateEvent | IdentityEvent | DataEvent | ProgressEvent | RoundEvent | BackendEvent | ErrorEvent;
 "#;
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Connecting,
-    Waiting,
-    Downloading,
-    Training,
-    Uploading,
-    Stopped,
-}
-
+/// A finished local round as the page sees it: the session's report and the engine that trained.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RoundReport {
-    pub round: u64,
-    pub model_version: u64,
+pub struct RoundEvent {
+    #[serde(flatten)]
+    pub report: RoundReport,
     pub backend: String,
-    pub examples: usize,
-    pub local_loss: f64,
-    pub local_accuracy: f64,
-    pub bytes_down: usize,
-    pub bytes_up: usize,
-    /// ‖Δ‖ before clipping, whether clipping scaled it, the local DP noise std, the codec.
-    pub update_norm: f64,
-    pub clipped: bool,
-    pub noise_std: f64,
-    pub compression: String,
-    pub download_ms: f64,
-    pub train_ms: f64,
-    pub upload_ms: f64,
-    pub round_closed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -76,16 +53,12 @@ pub enum Event {
     Identity { client_id: String, token: String },
     Data { source: String, examples: usize, class_counts: Vec<usize> },
     Progress { round: u64, epoch: usize, epochs: usize, step: usize, total_steps: usize, loss: f64 },
-    Round(RoundReport),
+    Round(RoundEvent),
     Backend(BackendChoice),
     Error { message: String, fatal: bool },
 }
 
 impl Event {
-    pub fn state(state: Phase, round: Option<u64>, detail: impl Into<String>) -> Self {
-        Event::State { state, round, detail: detail.into() }
-    }
-
     /// The event as a plain JS object.
     pub fn to_js(&self) -> JsValue {
         to_js(self)

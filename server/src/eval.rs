@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 use rayon::prelude::*;
+use webfl_shared::backend::CpuBackend;
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
-use webfl_shared::backend::CpuBackend;
 use webfl_shared::train::EvalStats;
 
 /// The test set is cut into chunks evaluated in parallel and combined in order, so the result

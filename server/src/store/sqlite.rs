@@ -319,7 +319,7 @@ impl TaskDb {
 
 impl TaskStore for TaskDb {
     fn put_initial(&mut self, bytes: Arc<Vec<u8>>) -> Result<(), StoreError> {
-        Ok(self.db.put_initial_version(&self.task, &bytes, unix_ms())?)
+        self.db.put_initial_version(&self.task, &bytes, unix_ms())
     }
 
     fn get(&self, version: u64) -> Result<Option<Arc<Vec<u8>>>, StoreError> {
@@ -334,11 +334,11 @@ impl TaskStore for TaskDb {
         optimizer: &OptimizerState,
     ) -> Result<(), StoreError> {
         let state = serde_json::to_string(optimizer)?;
-        Ok(self.db.commit_version(&self.task, version, &bytes, record, &state)?)
+        self.db.commit_version(&self.task, version, &bytes, record, &state)
     }
 
     fn record_abandoned(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
-        Ok(self.db.record_abandoned(&self.task, record)?)
+        self.db.record_abandoned(&self.task, record)
     }
 
     fn resume(&self) -> Result<Option<Resume>, StoreError> {
@@ -356,7 +356,7 @@ impl TaskStore for TaskDb {
     }
 
     fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> Result<(), StoreError> {
-        Ok(self.db.touch_client(&self.task, client_id, token_hash, now_ms)?)
+        self.db.touch_client(&self.task, client_id, token_hash, now_ms)
     }
 
     fn record_contribution(
@@ -366,15 +366,15 @@ impl TaskStore for TaskDb {
         round_trip_ms: Option<u64>,
         bytes_up: u64,
     ) -> Result<(), StoreError> {
-        Ok(self.db.record_contribution(&self.task, client_id, ok, round_trip_ms, bytes_up)?)
+        self.db.record_contribution(&self.task, client_id, ok, round_trip_ms, bytes_up)
     }
 
     fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        Ok(self.db.clients(&self.task)?)
+        self.db.clients(&self.task)
     }
 
     fn client_tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(self.db.client_tokens(&self.task)?)
+        self.db.client_tokens(&self.task)
     }
 }
 

@@ -67,7 +67,7 @@ pub enum Action {
     /// `GET /api/v1/models/{model_version}`: reply with the safetensors bytes.
     Download { model_version: u64 },
     /// Train locally on the client's data and reply with the local model.
-    Train(TrainJob),
+    Train(Box<TrainJob>),
     /// `POST /api/v1/rounds/{round}/update`.
     Upload(UploadRequest),
     /// Sleep, then reply [`Reply::Waited`].
@@ -227,10 +227,19 @@ enum State {
     Idle,
     CheckingIn { sent_at_ms: f64, wait_ms: u64 },
     Downloading { job: Assignment, started_ms: f64 },
-    Training { job: Assignment, global: Arc<Params>, noise: ChaCha20Rng, codec: Rng, started_ms: f64 },
+    Training(Box<Training>),
     Uploading { job: Assignment, sent: Box<Sent> },
     Waiting,
     Finished,
+}
+
+/// A round being trained, with the generators its update pipeline will draw from.
+struct Training {
+    job: Assignment,
+    global: Arc<Params>,
+    noise: ChaCha20Rng,
+    codec: Rng,
+    started_ms: f64,
 }
 
 /// An upload in flight and what to restore if it is refused.
@@ -441,8 +450,8 @@ impl Session {
             plan: job.terms.plan.clone(),
             rng: train_rng,
         };
-        self.state = State::Training { job, global, noise, codec, started_ms: now_ms };
-        Action::Train(train)
+        self.state = State::Training(Box::new(Training { job, global, noise, codec, started_ms: now_ms }));
+        Action::Train(Box::new(train))
     }
 
     fn on_trained(
@@ -451,11 +460,10 @@ impl Session {
         now_ms: f64,
         notices: &mut Vec<Notice>,
     ) -> Result<Action, SessionError> {
-        let State::Training { job, global, mut noise, mut codec, started_ms } =
-            std::mem::replace(&mut self.state, State::Idle)
-        else {
+        let State::Training(training) = std::mem::replace(&mut self.state, State::Idle) else {
             return Err(SessionError::OutOfOrder("not training"));
         };
+        let Training { job, global, mut noise, mut codec, started_ms } = *training;
         let (local, stats) = match result {
             Ok(trained) => trained,
             // Divergence or a device failure: this round is lost, the next may go better.
