@@ -200,12 +200,16 @@ function createCharts(): Charts {
   });
 
   // One dataset per outcome, stacked, with nulls elsewhere: each round gets one full-width bar in
-  // its outcome's colour, and Chart.js's own legend explains the colours.
+  // its outcome's colour, and Chart.js's own legend explains the colours. Below it, hatched grey,
+  // the idle gap since the previous round settled: rounds waiting for nobody show none.
   const timeline = new Chart<'bar', (number | null)[], string>(canvas('timeline-chart'), {
     type: 'bar',
     data: {
       labels: [],
-      datasets: OUTCOMES.map((o) => ({ label: OUTCOME_STYLE[o].label, data: [], backgroundColor: OUTCOME_STYLE[o].color })),
+      datasets: [
+        { label: 'Idle before the round', data: [], backgroundColor: '#e5e7eb' },
+        ...OUTCOMES.map((o) => ({ label: OUTCOME_STYLE[o].label, data: [], backgroundColor: OUTCOME_STYLE[o].color })),
+      ],
     },
     options: {
       ...common,
@@ -245,10 +249,18 @@ function updateCharts(charts: Charts, rounds: RoundRecord[]): void {
   if (reports) reports.data = rounds.map((r) => r.reports);
 
   charts.timeline.data.labels = labels;
+  const idle = charts.timeline.data.datasets[0];
+  const gaps = rounds.map((r, i) => {
+    const before = rounds[i - 1];
+    return before ? Math.max(0, r.opened_at_ms - before.closed_at_ms) / 1000 : 0;
+  });
+  if (idle) idle.data = gaps;
   OUTCOMES.forEach((o, i) => {
-    const ds = charts.timeline.data.datasets[i];
+    const ds = charts.timeline.data.datasets[i + 1];
     if (ds) ds.data = rounds.map((r) => (r.outcome === o ? Math.max(0, r.closed_at_ms - r.opened_at_ms) / 1000 : null));
   });
+  // The largest idle gap, for tests and people: 0 when rounds follow each other at once.
+  canvas('timeline-chart').dataset['maxIdleS'] = Math.max(0, ...gaps).toFixed(3);
 
   // 'none': redraw at once, no transition.
   for (const c of [charts.accuracy, charts.loss, charts.participants, charts.timeline]) c.update('none');
@@ -306,6 +318,9 @@ function renderVersions(rounds: RoundRecord[]): void {
       cell(String(r.round), 'num'),
       cell(pct(r.test_accuracy), 'num'),
       cell(fixed(r.test_loss, 4), 'num'),
+      cell(`${r.reports}/${r.selected}`, 'num'),
+      cell(fixed(r.update_norm, 3), 'num'),
+      cell(String(r.clipped), 'num'),
       cell(mib(r.bytes_up), 'num'),
       cell(formatTime(r.closed_at_ms)),
     );
@@ -315,7 +330,8 @@ function renderVersions(rounds: RoundRecord[]): void {
   const tr = document.createElement('tr');
   const v = cell('', 'num');
   v.append(versionLink(0));
-  tr.append(v, cell('–', 'num'), cell('–', 'num'), cell('–', 'num'), cell('–', 'num'), cell('initial', 'muted'));
+  const dash = () => cell('–', 'num');
+  tr.append(v, dash(), dash(), dash(), dash(), dash(), dash(), dash(), cell('initial', 'muted'));
   rows.push(tr);
   tbody.replaceChildren(...rows);
 }
