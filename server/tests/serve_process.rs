@@ -1,11 +1,12 @@
 //! `webfl serve` as a real process on an ephemeral port with a temporary data folder: a round
 //! runs over real sockets, the server is killed with SIGKILL, and a restarted server resumes the
-//! committed version with nothing lost.
+//! committed version with nothing lost; a client that hangs up right after (or in the middle of)
+//! sending its upload cannot stop the next round.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use webfl_shared::params::Params;
@@ -20,6 +21,11 @@ struct Server {
 impl Server {
     /// Starts `webfl serve --port 0` on `data` and waits for the address it prints.
     fn start(data: &std::path::Path) -> Server {
+        Server::start_with(data, &[])
+    }
+
+    /// As `start`, with more arguments for `webfl serve` (e.g. `--config FILE`).
+    fn start_with(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Server {
         assert!(
             std::path::Path::new(DATA_DIR).join("mnist.wfds").exists(),
             "data/mnist.wfds is missing: run scripts/setup first"
@@ -27,6 +33,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_webfl"))
             .args(["serve", "--port", "0", "--data"])
             .arg(data)
+            .args(extra)
             .env("WEBFL_DATA_DIR", DATA_DIR)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -49,16 +56,7 @@ impl Server {
     fn request(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Vec<u8>) {
         let mut stream = TcpStream::connect(&self.addr).expect("connecting");
         stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(self.head(method, path, headers, body.len()).as_bytes()).unwrap();
         stream.write_all(body).unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).expect("reading the response");
@@ -70,6 +68,33 @@ impl Server {
             body = dechunk(&body);
         }
         (status, body)
+    }
+
+    fn head(&self, method: &str, path: &str, headers: &[(&str, String)], content_length: usize) -> String {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {content_length}\r\n",
+            self.addr,
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    /// Sends a POST on a fresh connection and hangs up without reading a byte of the answer.
+    fn post_and_hang_up(&self, path: &str, headers: &[(&str, String)], body: &[u8], how: HangUp) {
+        let mut stream = TcpStream::connect(&self.addr).expect("connecting");
+        stream.write_all(self.head("POST", path, headers, body.len()).as_bytes()).unwrap();
+        match how {
+            HangUp::AfterAll => stream.write_all(body).unwrap(),
+            HangUp::ShutdownWrite => {
+                stream.write_all(body).unwrap();
+                stream.shutdown(Shutdown::Write).unwrap();
+            }
+            HangUp::Midway => stream.write_all(&body[..body.len() / 2]).unwrap(),
+        }
+        drop(stream);
     }
 
     fn json(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
@@ -91,6 +116,16 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum HangUp {
+    /// The whole request, then close.
+    AfterAll,
+    /// The whole request, `shutdown(Write)` at once, then close.
+    ShutdownWrite,
+    /// Half the body, then close: the server must not take the update.
+    Midway,
 }
 
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
@@ -137,6 +172,8 @@ fn sigkill_after_a_committed_round_loses_nothing_and_training_continues() {
         let (status, json) = server.json("POST", "/api/v1/rounds/1/update", &headers, &delta);
         assert_eq!(status, 202, "{json}");
     }
+    // The fourth upload closed the round; its version is stored and announced in the background.
+    server.committed(1);
     let (_, before) = server.json("GET", "/api/status", &[], b"");
     assert_eq!(before["model_version"], 1, "{before}");
     let (_, model1) = server.request("GET", "/api/v1/models/1", &[], b"");
@@ -198,4 +235,219 @@ fn export_writes_the_stored_version() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no version 7"));
     let no_store = webfl(&["export", "--data", "/nonexistent", "--out", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&no_store.stderr).contains("no webfl store"));
+}
+
+/// Two selected clients close a round by reporting; the 60 s deadline never comes into it, so a
+/// round that does not close (or a next round that does not open) within seconds is a wedge.
+const TWO_CLIENT_TASK: &str = r#"
+name = "two-clients"
+model = "2nn"
+dataset = "mnist"
+
+[rounds]
+target_reports = 2
+over_selection = 1.0
+min_reports = 2
+deadline_secs = 60
+retry_after_secs = 0.5
+"#;
+
+/// Far below the 60 s deadline, far above a round's work (a 2NN evaluation and a store write).
+const SETTLE_WITHIN: Duration = Duration::from_secs(10);
+
+struct Identity {
+    id: String,
+    token: String,
+}
+
+/// A small pseudo-random delay (0..max_ms) from the clock: the trials' timing varies.
+fn jitter(max_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    Duration::from_millis(nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) % max_ms.max(1))
+}
+
+impl Server {
+    fn status(&self) -> Value {
+        let (status, json) = self.json("GET", "/api/status", &[], b"");
+        assert_eq!(status, 200, "{json}");
+        json
+    }
+
+    /// A first check-in: a fresh identity, assigned to `round` (trained from `version`).
+    fn join(&self, round: u64, version: u64) -> Identity {
+        let (status, json) = self.json("POST", "/api/v1/checkin", &[], b"{}");
+        assert_eq!(status, 200, "{json}");
+        assert_eq!(json["status"], "assigned", "{json}");
+        assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(round), Some(version)), "{json}");
+        Identity { id: json["client_id"].as_str().unwrap().into(), token: json["token"].as_str().unwrap().into() }
+    }
+
+    /// One check-in of a known client, long-polling up to `wait_ms`.
+    fn check_in(&self, who: &Identity, wait_ms: u64) -> Value {
+        let body = serde_json::json!({ "client_id": who.id, "wait_ms": wait_ms }).to_string();
+        let headers = [("Authorization", format!("Bearer {}", who.token)), ("Content-Type", "application/json".into())];
+        let (status, json) = self.json("POST", "/api/v1/checkin", &headers, body.as_bytes());
+        assert_eq!(status, 200, "{json}");
+        json
+    }
+
+    /// Checks in (long-polling, as the pages do) until assigned; it must be `round` on `version`
+    /// within SETTLE_WITHIN: a client told `retry` past that is a wedged server.
+    fn assigned(&self, who: &Identity, round: u64, version: u64) {
+        let started = Instant::now();
+        loop {
+            let json = self.check_in(who, 2_000);
+            if json["status"] == "assigned" {
+                assert_eq!(
+                    (json["round"].as_u64(), json["model_version"].as_u64()),
+                    (Some(round), Some(version)),
+                    "{json}"
+                );
+                return;
+            }
+            assert_eq!(json["status"], "retry", "{json}");
+            assert!(
+                started.elapsed() < SETTLE_WITHIN,
+                "still told to retry {:?} after round {round} should have opened: {json}; status {}",
+                started.elapsed(),
+                self.status()
+            );
+        }
+    }
+
+    /// An update trained from `version`: the global model nudged by `step`.
+    fn update(&self, version: u64, step: f32) -> Vec<u8> {
+        let (status, model) = self.request("GET", &format!("/api/v1/models/{version}"), &[], b"");
+        assert_eq!(status, 200, "model {version}");
+        let global = Params::from_safetensors_any(&model).unwrap();
+        let mut local = global.clone();
+        local.as_mut_slice().iter_mut().for_each(|v| *v += step);
+        local.delta_from(&global).unwrap().to_safetensors().unwrap()
+    }
+
+    /// A normal upload; returns the status and the answer.
+    fn upload(&self, who: &Identity, round: u64, version: u64, body: &[u8]) -> (u16, Value) {
+        self.json("POST", &format!("/api/v1/rounds/{round}/update"), &upload_headers(who, version), body)
+    }
+
+    /// Polls `/api/status` until `model_version` is `version`, at most SETTLE_WITHIN.
+    fn committed(&self, version: u64) {
+        let started = Instant::now();
+        loop {
+            let status = self.status();
+            if status["model_version"] == version {
+                return;
+            }
+            assert!(
+                started.elapsed() < SETTLE_WITHIN,
+                "version {version} not committed {:?} after its round closed: {status}",
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn upload_headers(who: &Identity, version: u64) -> [(&'static str, String); 5] {
+    [
+        ("Authorization", format!("Bearer {}", who.token)),
+        ("X-Webfl-Client", who.id.clone()),
+        ("X-Webfl-Model-Version", version.to_string()),
+        ("X-Webfl-Examples", "100".to_string()),
+        ("Content-Type", "application/octet-stream".to_string()),
+    ]
+}
+
+/// A client that hangs up right after sending its whole upload (or after `shutdown(Write)`, or
+/// halfway through the body) cannot stop the server: the round still closes by its target and
+/// commits, the next round opens at once, and both clients are assigned to it and close it. On
+/// the old server an upload whose connection dropped mid-commit wedged it (9 of 10 trials).
+#[test]
+fn a_client_hanging_up_mid_upload_cannot_stop_the_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("task.toml");
+    std::fs::write(&task, TWO_CLIENT_TASK).unwrap();
+    let server = Server::start_with(&dir.path().join("store"), &["--config".as_ref(), task.as_os_str()]);
+
+    let hang_ups = [
+        HangUp::AfterAll,
+        HangUp::ShutdownWrite,
+        HangUp::Midway,
+        HangUp::AfterAll,
+        HangUp::ShutdownWrite,
+        HangUp::Midway,
+    ];
+    let (mut round, mut version) = (1, 0);
+    let a = server.join(round, version);
+    let b = server.join(round, version);
+    let mut taken_despite_hang_up = 0;
+    let started = Instant::now();
+    for (trial, how) in hang_ups.into_iter().enumerate() {
+        // A reports normally; the round waits for B.
+        let (status, json) = server.upload(&a, round, version, &server.update(version, 0.001));
+        assert_eq!((status, json["round_closed"].as_bool()), (202, Some(false)), "trial {trial}: {json}");
+        std::thread::sleep(jitter(30));
+        let path = format!("/api/v1/rounds/{round}/update");
+        let body_b = server.update(version, -0.001);
+        if let HangUp::Midway = how {
+            // Half a body is no update: nothing changes, and B still owes its report.
+            server.post_and_hang_up(&path, &upload_headers(&b, version), &body_b, how);
+            std::thread::sleep(Duration::from_millis(100) + jitter(100));
+            let status = server.status();
+            assert_eq!((status["model_version"].as_u64(), status["open_round"].as_u64()), (Some(version), Some(round)));
+            let json = server.check_in(&b, 0);
+            assert_eq!((json["status"].as_str(), json["round"].as_u64()), (Some("assigned"), Some(round)), "{json}");
+            let (status, json) = server.upload(&b, round, version, &body_b);
+            assert_eq!((status, json["round_closed"].as_bool()), (202, Some(true)), "trial {trial}: {json}");
+        } else {
+            server.post_and_hang_up(&path, &upload_headers(&b, version), &body_b, how);
+            std::thread::sleep(Duration::from_millis(100) + jitter(100));
+            // The server either took the whole update (B has reported) or dropped the request
+            // when the connection ended, before the update reached the round (B is still
+            // assigned and uploads again, as a page does); never anything in between.
+            let json = server.check_in(&b, 0);
+            if json["status"] == "assigned" && json["round"] == round {
+                let (status, json) = server.upload(&b, round, version, &body_b);
+                let raced = status == 409 && json["error"] == "already_reported";
+                assert!(status == 202 && json["round_closed"] == true || raced, "trial {trial}: {status} {json}");
+                taken_despite_hang_up += raced as u32;
+            } else {
+                taken_despite_hang_up += 1;
+            }
+        }
+        version += 1;
+        server.committed(version);
+
+        // The next round runs with both clients: assigned (the long poll ends as soon as it
+        // opens), both report, and it commits.
+        round += 1;
+        server.assigned(&a, round, version);
+        server.assigned(&b, round, version);
+        let (status, json) = server.upload(&b, round, version, &server.update(version, 0.001));
+        assert_eq!((status, json["round_closed"].as_bool()), (202, Some(false)), "trial {trial}: {json}");
+        let (status, json) = server.upload(&a, round, version, &server.update(version, -0.001));
+        assert_eq!((status, json["round_closed"].as_bool()), (202, Some(true)), "trial {trial}: {json}");
+        version += 1;
+        server.committed(version);
+        round += 1;
+        server.assigned(&a, round, version);
+        server.assigned(&b, round, version);
+        std::thread::sleep(jitter(50));
+    }
+    eprintln!(
+        "{} hang-up trials in {:?}; {taken_despite_hang_up} of {} full uploads were taken although the client hung up",
+        hang_ups.len(),
+        started.elapsed(),
+        hang_ups.iter().filter(|h| !matches!(h, HangUp::Midway)).count()
+    );
+
+    // Every round closed by its target (none by the deadline, none abandoned) with both reports.
+    let (_, rounds) = server.json("GET", "/api/rounds", &[], b"");
+    let rounds = rounds.as_array().unwrap();
+    assert_eq!(rounds.len() as u64, version, "{rounds:?}");
+    for r in rounds {
+        assert_eq!((r["outcome"].as_str(), r["reports"].as_u64()), (Some("closed"), Some(2)), "{r}");
+        let took = r["closed_at_ms"].as_u64().unwrap() - r["opened_at_ms"].as_u64().unwrap();
+        assert!(took < SETTLE_WITHIN.as_millis() as u64, "round {} took {took} ms: {r}", r["round"]);
+    }
 }

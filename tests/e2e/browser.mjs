@@ -1,12 +1,19 @@
 // End-to-end: a real `webfl serve` process and real headless Chromium pages.
 //
-// Four pages, each with its own non-overlapping quarter of the MNIST training split, train the
-// 2NN; the server's test accuracy must reach 90%. On the way: a reloaded tab resumes its
-// identity, SIGKILL + restart of the server loses no committed version and training continues,
-// and a page closed mid-round does not stall the round. The dashboard is screenshotted.
-// Writes out/e2e/{report.json,dashboard.png,server-*.log}; exits non-zero on any failure.
+// The main phase is the README's scenario exactly as a user gets it: `webfl serve` with no
+// --config (the default task: MNIST 2NN, 4 updates per round, over-selection 1.3, 60 s deadline)
+// and four pages, each with its own non-overlapping quarter of the MNIST training split. The
+// server's test accuracy must reach 90% in ≥ 10 rounds, and no round after the first may last
+// more than 3× the slowest client's download + train + upload time: a round that waits for
+// anything but its clients' work (a deadline, a retry) fails the run. On the way: a reloaded tab
+// resumes its identity, SIGKILL + restart of the server loses no committed version and training
+// continues, and a page closed mid-round (a fifth page having joined) does not stall the round.
+// Then a private task and a WebGPU phase, each on its own task file. The dashboard is
+// screenshotted. Writes out/e2e/{report.json,dashboard.png,server-*.log}; exits non-zero on any
+// failure.
 //
-// Needs: target/release/webfl, www/dist (scripts/build-web), data/mnist.wfds, /usr/bin/chromium.
+// Needs: the release `webfl` binary (WEBFL_BIN, else $CARGO_TARGET_DIR or target/release/webfl),
+// www/dist (scripts/build-web), data/mnist.wfds, /usr/bin/chromium (or CHROMIUM).
 
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createWriteStream } from "node:fs";
@@ -18,11 +25,16 @@ import { chromium } from "playwright-core";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const OUT = join(ROOT, "out/e2e");
-const BIN = join(ROOT, "target/release/webfl");
+const BIN = process.env.WEBFL_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(ROOT, "target"), "release/webfl");
 const PAGES = 4;
 const TARGET_ACCURACY = 0.9;
 const MIN_ROUNDS = 10;
+/** No round after the first may last longer than this many times the slowest client's work. */
+const MAX_ROUND_TO_CLIENT = 3;
+/** The default task's round deadline: a page closed mid-round must not make the round wait for it. */
+const DEFAULT_DEADLINE_S = 60;
 
+const STARTED = Date.now();
 let failures = 0;
 const checks = [];
 function check(name, ok, detail = "") {
@@ -56,12 +68,13 @@ function freePort() {
   });
 }
 
-/** Starts `webfl serve`; resolves once it prints its address. */
-function startServer(port, dataDir, logName, task = "tests/e2e/task.toml") {
+/** Starts `webfl serve` (the default task unless `task` names a task file); resolves once it prints its address. */
+function startServer(port, dataDir, logName, task = null) {
   const log = createWriteStream(join(OUT, logName));
+  const config = task ? ["--config", join(ROOT, task)] : [];
   const child = spawn(
     BIN,
-    ["serve", "--port", String(port), "--data", dataDir, "--www", join(ROOT, "www/dist"), "--config", join(ROOT, task)],
+    ["serve", "--port", String(port), "--data", dataDir, "--www", join(ROOT, "www/dist"), ...config],
     { cwd: ROOT, env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] },
   );
   child.stderr.pipe(log);
@@ -101,9 +114,54 @@ const median = (xs) => {
   return s.length ? s[Math.floor(s.length / 2)] : NaN;
 };
 
+/**
+ * Each committed round's wall time (closed_at_ms − opened_at_ms) against the clients' own work
+ * (a `round` event's download_ms + train_ms + upload_ms), and the idle gap between one round's
+ * close and the next round's open. Rounds are marked with what the test did to the pages or the
+ * server while they ran (the timing check holds for those rounds too).
+ */
+function roundPace(rounds, events, disturbances) {
+  const work = (e) => e.download_ms + e.train_ms + e.upload_ms;
+  const slowest = Math.max(...events.map(work));
+  const byRound = [...rounds].sort((a, b) => a.opened_at_ms - b.opened_at_ms);
+  const roundAt = (ms) => byRound.find((r) => r.closed_at_ms >= ms);
+  const perRound = byRound
+    .filter((r) => r.version !== null)
+    .map((r) => {
+      const mine = events.filter((e) => e.round === r.round).map(work);
+      const duration_ms = r.closed_at_ms - r.opened_at_ms;
+      const own = mine.length ? Math.max(...mine) : NaN;
+      return {
+        round: r.round,
+        outcome: r.outcome,
+        reports: `${r.reports}/${r.selected}`,
+        duration_ms,
+        slowest_client_ms: Math.round(own),
+        ratio_to_own_slowest_client: +(duration_ms / own).toFixed(2),
+        ratio_to_run_slowest_client: +(duration_ms / slowest).toFixed(2),
+        // What the test did while this round was open (or, between rounds, just before it opened).
+        during: disturbances.filter((d) => roundAt(d.at_ms)?.round === r.round).map((d) => d.what),
+      };
+    });
+  const later = perRound.slice(1);
+  const worst = later.reduce((a, b) => (b.duration_ms > a.duration_ms ? b : a), later[0] ?? { duration_ms: NaN });
+  const idle_gaps_ms = byRound.slice(1).map((r, i) => r.opened_at_ms - byRound[i].closed_at_ms);
+  return {
+    committed: perRound.length,
+    slowest_client_ms: Math.round(slowest),
+    client_work_ms_median: Math.round(median(events.map(work))),
+    durations_s: perRound.map((r) => r.duration_ms / 1000),
+    ratio_max: worst.duration_ms / slowest,
+    ratio_max_round: worst.round,
+    idle_gaps_ms,
+    idle_gap_ms_median: median(idle_gaps_ms),
+    per_round: perRound,
+  };
+}
+
 async function main() {
   for (const [path, hint] of [
-    [BIN, "cargo build --release -p webfl-server"],
+    [BIN, "cargo build --release -p webfl-server (or set WEBFL_BIN)"],
     [join(ROOT, "www/dist/index.html"), "scripts/build-web"],
     [join(ROOT, "data/mnist.wfds"), "scripts/setup"],
   ]) {
@@ -133,14 +191,19 @@ async function main() {
   const pageErrors = [];
   const context = await browser.newContext();
   const pages = [];
+  // The pages' `round` events (download, train and upload times) from pages reloaded or closed
+  // on the way; the open pages' are collected at the end.
+  const roundEvents = [];
+  const roundsOf = (page) => page.evaluate(() => window.webflLog.filter((e) => e.type === "round"));
+  const openPage = async (name, client) => {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => pageErrors.push(`page ${name}: ${e.message}`));
+    page.on("console", (m) => m.type() === "error" && pageErrors.push(`page ${name} console: ${m.text()}`));
+    await page.goto(`${base}/?partition=iid&client=${client}&of=${PAGES}&autostart=1`);
+    return page;
+  };
   try {
-    for (let i = 0; i < PAGES; i++) {
-      const page = await context.newPage();
-      page.on("pageerror", (e) => pageErrors.push(`page ${i}: ${e.message}`));
-      page.on("console", (m) => m.type() === "error" && pageErrors.push(`page ${i} console: ${m.text()}`));
-      await page.goto(`${base}/?partition=iid&client=${i}&of=${PAGES}&autostart=1`);
-      pages.push(page);
-    }
+    for (let i = 0; i < PAGES; i++) pages.push(await openPage(i, i));
     // A page that gave up fails the run at once instead of timing out later.
     const status = async () => {
       for (const [i, page] of pages.entries()) {
@@ -166,6 +229,8 @@ async function main() {
     const idOf = (page) =>
       page.evaluate(() => window.webflLog.find((e) => e.type === "identity" || (e.type === "restored" && e.client_id))?.client_id);
     const before = await waitFor("page 0's identity", () => idOf(pages[0]), 30_000);
+    roundEvents.push(...(await roundsOf(pages[0])));
+    const disturbances = [{ what: "page 0 reloaded", at_ms: Date.now() }];
     await pages[0].reload();
     const restored = await waitFor("page 0 restored", () =>
       pages[0].evaluate(() => window.webflLog.find((e) => e.type === "restored")),
@@ -178,6 +243,7 @@ async function main() {
     const committed = (await api("/api/rounds")).filter((r) => r.version !== null);
     const peak1 = peakMemoryMiB(server.pid);
     const killedTimings = serverTimings(server.serverLog);
+    disturbances.push({ what: "server killed and restarted", at_ms: Date.now() });
     server.kill("SIGKILL");
     await new Promise((r) => server.once("exit", r));
     server = await startServer(port, dataDir, "server-2.log");
@@ -192,23 +258,37 @@ async function main() {
     await waitFor("training to continue after the restart", async () => (await status()).model_version > resumed.model_version, 120_000);
     check("training continues after the restart", true, `model_version ${(await status()).model_version}`);
 
-    // 4. Close one page mid-round: the round must still close (deadline / over-selection).
+    // 4. A fifth page joins (on the same quarter of the data), then one page closes mid-round.
+    // The round selects ceil(4 × 1.3) = 6, so the four pages left still bring it to its target
+    // of 4 reports: it must close by target, long before the 60 s deadline.
+    disturbances.push({ what: "a fifth page opened", at_ms: Date.now() });
+    const joined = await openPage(PAGES, PAGES - 1);
+    pages.push(joined);
+    await waitFor("the fifth page's first round", async () => (await roundsOf(joined)).length > 0, 90_000);
+    // The page closes while it works on the open round, before its upload: with five pages a
+    // page may be finishing a round that already closed without it, which would test nothing.
     const victim = pages[PAGES - 1];
-    await waitFor("the last page to start a round", () =>
-      victim.evaluate(() => ["downloading", "training", "uploading"].includes(document.body.dataset.state)),
-    60_000, 20);
-    const openRound = (await status()).open_round;
+    const openRound = await waitFor("the closing page to be training for the open round", async () => {
+      const round = await victim.evaluate(() => {
+        const last = window.webflLog.filter((e) => e.type === "state").at(-1);
+        return ["downloading", "training"].includes(last?.state) ? last.round : undefined;
+      });
+      return round != null && round === (await api("/api/status")).open_round ? round : undefined;
+    }, 60_000, 20);
+    roundEvents.push(...(await roundsOf(victim)));
     await victim.close();
-    pages.pop();
+    pages.splice(PAGES - 1, 1);
     const closedAt = Date.now();
-    const settled = await waitFor("the round after the page closed to settle", async () => {
+    disturbances.push({ what: "a page closed mid-round", at_ms: closedAt });
+    const settled = await waitFor("the round the page left to settle", async () => {
       const rounds = await api("/api/rounds");
-      return rounds.find((r) => r.round >= openRound && r.version !== null);
-    }, 60_000);
+      return rounds.find((r) => r.round === openRound);
+    }, (DEFAULT_DEADLINE_S + 30) * 1000);
+    const settledAfterS = (Date.now() - closedAt) / 1000;
     check(
       "closing a page mid-round does not stall the round",
-      true,
-      `round ${settled.round} ${settled.outcome} with ${settled.reports}/${settled.selected} reports, ${((Date.now() - closedAt) / 1000).toFixed(1)} s after the close`,
+      settled.outcome === "closed" && settled.version !== null && settledAfterS < DEFAULT_DEADLINE_S / 2,
+      `round ${settled.round} ${settled.outcome} with ${settled.reports}/${settled.selected} reports, ${settledAfterS.toFixed(1)} s after the close (deadline ${DEFAULT_DEADLINE_S} s)`,
     );
 
     // 5. Accuracy.
@@ -254,9 +334,17 @@ async function main() {
     check("every codec runs in the browser", codecs.length === 7 && codecs.every((c) => c.encode_mb_s > 0 && c.decode_mb_s > 0));
 
     // Measurements (the main run's pages are closed after this).
-    const events = [];
-    for (const page of pages) events.push(...(await page.evaluate(() => window.webflLog.filter((e) => e.type === "round"))));
+    const events = [...roundEvents];
+    for (const page of pages) events.push(...(await roundsOf(page)));
     const rounds = await api("/api/rounds");
+    const pace = roundPace(rounds, events, disturbances);
+    check(
+      `${MIN_ROUNDS} rounds complete and none after the first lasts over ${MAX_ROUND_TO_CLIENT}× the slowest client's train + transfer time`,
+      pace.committed >= MIN_ROUNDS && pace.ratio_max <= MAX_ROUND_TO_CLIENT,
+      `${pace.committed} rounds; slowest client ${(pace.slowest_client_ms / 1000).toFixed(1)} s; rounds after the first ` +
+        `${pace.durations_s.slice(1).map((d) => d.toFixed(1)).join(", ")} s; longest ${pace.ratio_max.toFixed(2)}× ` +
+        `(round ${pace.ratio_max_round}); idle gaps ${pace.idle_gaps_ms.map(String).join(", ")} ms`,
+    );
     const timings = serverTimings([...killedTimings.aggregate_ms_per_update.map(() => ""), ...server.serverLog]);
     const killedAndNow = {
       aggregate_ms_per_update: [...killedTimings.aggregate_ms_per_update, ...timings.aggregate_ms_per_update],
@@ -269,6 +357,7 @@ async function main() {
       first_round_seconds_after_serve_start: firstRoundSeconds,
       rounds_completed: final.rounds_completed,
       final_test_accuracy: final.test_accuracy,
+      round_pace: pace,
       round_wall_ms_median: median(closed.map((r) => r.closed_at_ms - r.opened_at_ms)),
       client_ms_median: {
         download: median(events.filter((e) => e.bytes_down > 0).map((e) => e.download_ms)),
@@ -314,13 +403,18 @@ async function main() {
         first.compression === "topk:0.1" && first.clipped && first.noise_std > 0 && first.bytes_up < 0.15 * dense,
         `${first.bytes_up} bytes per upload (dense f32: ${dense}), update norm ${first.update_norm.toFixed(2)} clipped to 1, noise σ ${first.noise_std}`,
       );
+      // Rounds take about a second and the dashboard polls every 2 s: stop the pages, so ε
+      // stops moving, then the dashboard must show what /api/status says.
+      for (const page of pages.splice(0)) await page.close();
       const pdash = await context.newPage();
       await pdash.goto(`${pbase}/dashboard`);
-      const eps = await waitFor("the dashboard to show ε", () =>
-        pdash.evaluate(() => Number(document.body.dataset.epsilon) || undefined),
-      30_000);
+      let ps;
+      const eps = await waitFor("the dashboard to show the ε /api/status reports", async () => {
+        ps = await pstatus();
+        const shown = await pdash.evaluate(() => Number(document.body.dataset.epsilon) || undefined);
+        return shown === ps.privacy.epsilon ? shown : undefined;
+      }, 30_000);
       await pdash.screenshot({ path: join(OUT, "dashboard-private.png"), fullPage: true });
-      const ps = await pstatus();
       check(
         "ε spent and bytes uploaded are reported",
         eps > 0 && ps.privacy.epsilon === eps && ps.bytes_up_total > 0,
@@ -336,8 +430,10 @@ async function main() {
     // one choosing by a probe; both contribute accepted updates and say which engine runs and why.
     report.webgpu = await webgpuPhase(pageErrors);
 
+    report.e2e_runtime_s = (Date.now() - STARTED) / 1000;
     writeFileSync(join(OUT, "report.json"), JSON.stringify(report, null, 2));
-    console.log(JSON.stringify({ ...report, rounds: undefined, checks: undefined }, null, 2));
+    const summary = { ...report, rounds: undefined, checks: undefined, round_pace: { ...pace, per_round: undefined } };
+    console.log(JSON.stringify(summary, null, 2));
   } finally {
     check("no page errors", pageErrors.length === 0, pageErrors.slice(0, 5).join(" | "));
     await browser.close().catch(() => {});
@@ -404,6 +500,6 @@ main()
     check("end-to-end run", false, e.message);
   })
   .finally(() => {
-    console.log(`\ne2e: ${checks.length - failures} passed, ${failures} failed`);
+    console.log(`\ne2e: ${checks.length - failures} passed, ${failures} failed in ${((Date.now() - STARTED) / 1000).toFixed(0)} s`);
     process.exit(failures ? 1 : 0);
   });
