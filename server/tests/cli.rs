@@ -557,3 +557,24 @@ fn simulate_with_central_dp_and_compression_records_bytes_and_epsilon() {
     let err = simulate_err(dir.path(), &["--dp", "local", "--noise-multiplier", "1"]);
     assert!(err.contains("--clip"), "{err}");
 }
+
+/// The contribute page's demo partition (`/?partition=…&client=i&of=N&seed=S`) is exactly the
+/// split `webfl partition` previews and `webfl simulate` trains on for the same seed: the page's
+/// code (webfl-client's `demo_partition`) is run here natively on the same MNIST file.
+#[test]
+fn a_page_trains_on_the_partition_that_partition_and_simulate_show() {
+    use webfl_client::data::{DemoPartition, demo_partition};
+    require_mnist();
+    let wfds = std::fs::read(Path::new(DATA_DIR).join("mnist.wfds")).unwrap();
+    for (scheme, seed) in [("dirichlet:0.5", "3"), ("shards:2", "0"), ("iid", "0")] {
+        let previewed = webfl_ok(&["partition", "--clients", "10", "--partition", scheme, "--seed", seed]);
+        let rows = histogram_lines(&previewed);
+        for client in 0..10 {
+            let which = DemoPartition { scheme: scheme.into(), client, of: 10, seed: seed.parse().unwrap() };
+            let page = demo_partition(&wfds, &which).unwrap();
+            let mut want = vec![page.len()];
+            want.extend(page.class_histogram());
+            assert_eq!(counts(rows[1 + client]), want, "{scheme} seed {seed}: client {client} differs from the page's");
+        }
+    }
+}
