@@ -64,6 +64,9 @@ pub struct Run {
     pub summary: RunSummary,
     /// The last committed model.
     pub global: Params,
+    /// Per client: accepted updates, and uploads refused because their round had moved on.
+    pub participations: Vec<u64>,
+    pub stale: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,6 +125,7 @@ struct Driver<'a> {
     wall: Instant,
     wakes: u64,
     stale_uploads: u64,
+    stale: Vec<u64>,
     dropouts: u64,
     stopped: Option<String>,
 }
@@ -186,6 +190,7 @@ pub fn drive(world: &World, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<Ru
         wall: Instant::now(),
         wakes: 0,
         stale_uploads: 0,
+        stale: vec![0; world.clients.len()],
         dropouts: 0,
         stopped: None,
     };
@@ -198,7 +203,13 @@ pub fn drive(world: &World, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<Ru
         driver.now as f64 / 1e6,
         driver.stopped.take().unwrap_or_default(),
     );
-    Ok(Run { history: driver.history, summary, global: driver.coordinator.global().clone() })
+    Ok(Run {
+        global: driver.coordinator.global().clone(),
+        history: driver.history,
+        summary,
+        participations: driver.participations,
+        stale: driver.stale,
+    })
 }
 
 impl Driver<'_> {
@@ -446,6 +457,7 @@ impl Driver<'_> {
                 let (status, code) = status_of(&e);
                 if status == 409 {
                     self.stale_uploads += 1;
+                    self.stale[i] += 1;
                 }
                 Ok(Err(refusal(status, code, &e.to_string())))
             }
@@ -534,5 +546,124 @@ pub fn status_of(e: &RoundError) -> (u16, &'static str) {
         RoundError::BadUpdate(_) => (422, "bad_update"),
         RoundError::NoExamples => (422, "no_examples"),
         RoundError::BadPolicy(_) | RoundError::NothingToCommit => (500, "internal"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::Rng as _;
+    use webfl_shared::model::ModelSpec;
+    use webfl_shared::pipeline::UpdateSpec;
+    use webfl_shared::train::TrainPlan;
+
+    use super::*;
+    use crate::config::SimulationConfig;
+
+    /// A tiny synthetic task: 60 clients with 20 examples each of a 4-feature, 3-class problem;
+    /// training takes a client 0.1 s (a straggler 1 s); rounds want 10 updates of 13 selected
+    /// clients, at least 5 by the 10 s deadline.
+    fn tiny_world(seed: u64, behaviour: SimulationConfig) -> World {
+        let model = ModelSpec::builtin("mlp", &[4], 3).unwrap();
+        let mut r = rng::stream(seed, Stream::Partition, &[]);
+        let mut dataset = |n: usize| {
+            let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..3)).collect();
+            let features =
+                labels.iter().flat_map(|&l| (0..4).map(move |j| if j == l as usize { 1.0 } else { 0.0 })).collect();
+            Dataset {
+                sample_shape: vec![4],
+                classes: 3,
+                class_names: vec!["a".into(), "b".into(), "c".into()],
+                features,
+                labels,
+            }
+        };
+        let clients = (0..60).map(|_| dataset(20)).collect();
+        let test = dataset(60);
+        let initial = model.init_params(&mut rng::stream(seed, Stream::Init, &[])).unwrap();
+        World {
+            terms: AssignmentTerms {
+                plan: TrainPlan { epochs: 1, batch_size: 5, lr: 0.1, ..TrainPlan::default() },
+                model,
+                upload_limit_bytes: 1 << 24,
+                update: UpdateSpec::default(),
+            },
+            policy: RoundPolicy {
+                target_reports: 10,
+                over_selection: 1.3,
+                min_reports: 5,
+                deadline_ms: 10_000,
+                retry_after_ms: 1_000,
+            },
+            strategy: StrategyConfig::default(),
+            initial,
+            privacy: None,
+            local_dp: false,
+            clients,
+            test,
+            behaviour: Behaviour::new(seed, &SimulationConfig { samples_per_s: 200.0, ..behaviour }),
+            seed,
+            rounds: 12,
+        }
+    }
+
+    fn stragglers() -> SimulationConfig {
+        SimulationConfig { stragglers: "0.2:10".parse().unwrap(), ..SimulationConfig::default() }
+    }
+
+    #[test]
+    fn over_selected_rounds_close_at_their_target_before_stragglers_report() {
+        let world = tiny_world(1, stragglers());
+        let run = drive(&world, &mut |_| {}).unwrap();
+        assert_eq!(run.history.len(), 12);
+        assert!(run.history.iter().all(|r| r.outcome == Outcome::Closed && r.clients == 10 && r.selected == 13));
+        // A straggler trains its 20 examples in 1 s; most rounds do not wait for one.
+        let durations: Vec<f64> = run.history.iter().map(|r| r.round_s).collect();
+        assert!(run.summary.median_round_s < 1.0, "{:?} {durations:?}", run.summary);
+        let is_straggler: Vec<bool> = (0..60).map(|i| world.behaviour.profile(i).straggler).collect();
+        let late: Vec<usize> = (0..60).filter(|&i| run.stale[i] > 0).collect();
+        assert!(!late.is_empty() && run.summary.stale_uploads > 0);
+        // Late stragglers (and over-selected clients a moment too late) are refused ...
+        let late_stragglers: Vec<usize> = late.iter().copied().filter(|&i| is_straggler[i]).collect();
+        assert!(!late_stragglers.is_empty(), "{late:?}");
+        // ... check in again and are selected again.
+        assert!(late_stragglers.iter().any(|&i| run.stale[i] + run.participations[i] >= 2), "{:?}", run.stale);
+        let last = run.history.last().unwrap();
+        assert!(last.test_accuracy > run.history[0].test_accuracy - 0.2);
+    }
+
+    #[test]
+    fn rounds_whose_clients_vanish_close_at_the_deadline_or_are_abandoned() {
+        let all_gone = tiny_world(2, SimulationConfig { dropout: 1.0, ..SimulationConfig::default() });
+        let run = drive(&World { rounds: 3, ..all_gone }, &mut |_| {}).unwrap();
+        assert_eq!(run.history.len(), 3);
+        for r in &run.history {
+            assert_eq!((r.outcome, r.clients, r.round_s), (Outcome::Abandoned, 0, 10.0), "{r:?}");
+        }
+        assert_eq!(run.summary.abandoned, 3);
+
+        let half_gone = tiny_world(3, SimulationConfig { dropout: 0.5, ..SimulationConfig::default() });
+        let run = drive(&half_gone, &mut |_| {}).unwrap();
+        let by_deadline: Vec<&RoundRecord> =
+            run.history.iter().filter(|r| r.outcome == Outcome::ClosedByDeadline).collect();
+        assert!(!by_deadline.is_empty(), "{:?}", run.summary);
+        assert!(by_deadline.iter().all(|r| r.round_s == 10.0 && (5..10).contains(&r.clients)));
+        for r in run.history.iter().filter(|r| r.outcome == Outcome::Abandoned) {
+            assert!(r.clients < 5 && r.round_s == 10.0);
+        }
+        assert!(run.summary.dropouts > 0);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_history() {
+        let strip = |mut h: Vec<RoundRecord>| {
+            h.iter_mut().for_each(|r| r.seconds = 0.0);
+            h
+        };
+        let a = drive(&tiny_world(5, stragglers()), &mut |_| {}).unwrap();
+        let b = drive(&tiny_world(5, stragglers()), &mut |_| {}).unwrap();
+        assert_eq!(strip(a.history), strip(b.history));
+        assert_eq!(a.global, b.global);
+        let c = drive(&tiny_world(6, stragglers()), &mut |_| {}).unwrap();
+        assert_ne!(c.global, b.global);
     }
 }
