@@ -130,6 +130,9 @@ struct Driver<'a> {
     stopped: Option<String>,
 }
 
+/// A local training's outcome, as the session takes it.
+type Trained = Result<(Params, TrainStats), TrainError>;
+
 /// Versions kept downloadable: a client assigned an older one is refused (404) and checks in anew.
 const VERSIONS_KEPT: u64 = 3;
 /// Upper bound on events per run, against a behaviour that never settles a round.
@@ -351,7 +354,7 @@ impl Driver<'_> {
     fn train_pending(&mut self) -> Result<()> {
         let jobs = std::mem::take(&mut self.pending_training);
         let data = &self.world.clients;
-        let results: Vec<(usize, Result<(Params, TrainStats), TrainError>)> = jobs
+        let results: Vec<(usize, Trained)> = jobs
             .into_par_iter()
             .map(|(i, mut job)| {
                 let trained = CpuBackend::new(&job.model)
