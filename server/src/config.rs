@@ -142,16 +142,17 @@ pub struct PrivacyConfig {
     /// off | local (clients add noise) | central (DP-FedAvg on the server).
     #[arg(long = "dp", default_value = "off")]
     pub mode: DpMode,
-    /// L2 clip norm S of every update; required with DP (clipping alone is allowed without).
+    /// L2 clip norm S of every update; required with DP (clipping alone is allowed without)
+    /// [default: none].
     #[arg(long)]
     pub clip: Option<f64>,
     /// Clip each tensor to S/√L instead of the whole update to S.
     #[arg(long)]
     pub per_layer_clip: bool,
-    /// Noise multiplier z; or give --target-epsilon (and --max-rounds) to derive it.
+    /// Noise multiplier z; or give --target-epsilon (and --max-rounds) to derive it [default: none].
     #[arg(long, conflicts_with = "target_epsilon")]
     pub noise_multiplier: Option<f64>,
-    /// Total ε budget: rounds stop when the next would exceed it.
+    /// Total ε budget: rounds stop when the next would exceed it [default: none].
     #[arg(long)]
     pub target_epsilon: Option<f64>,
     /// Rounds the budget is spread over when z is derived [simulate: --rounds].
@@ -183,7 +184,7 @@ pub struct SimulationConfig {
     /// How the training data is split among clients: iid | shards:K | dirichlet:ALPHA | quantity:SIGMA.
     #[arg(long, default_value = "iid")]
     pub partition: Partition,
-    /// Report the first round that reaches this test accuracy (0..1).
+    /// Report the first round that reaches this test accuracy (0..1) [default: none].
     #[arg(long)]
     pub target_accuracy: Option<f64>,
     /// Print each client's class histogram before training.

@@ -22,15 +22,15 @@ pub struct SimulateArgs {
     /// A ready-made comparison: privacy-utility (central DP at ε ∈ {0.5,1,2,4,8,∞}) or
     /// compression (dense, 8-bit, top-k 10%/1% with error feedback, top-k 1% + 8-bit,
     /// random-k 10%, QSGD s=16). Writes tables and a trade-off chart into --out.
-    #[arg(long)]
+    #[arg(long, help_heading = "Comparison and output")]
     pub preset: Option<Preset>,
     /// Compare configurations: KEY=V1,V2,... (repeatable; runs the cartesian product), e.g.
     /// `--compare partition=iid,shards:2,dirichlet:0.3 --compare strategy=fedavg,fedadam`.
     /// Keys are settings' field names or flags.
-    #[arg(long)]
+    #[arg(long, help_heading = "Comparison and output")]
     pub compare: Vec<String>,
     /// Folder for history.json/csv, charts and summaries.
-    #[arg(long, default_value = "out")]
+    #[arg(long, default_value = "out", help_heading = "Comparison and output")]
     pub out: PathBuf,
 }
 

@@ -152,7 +152,7 @@ pub struct StrategyConfig {
     /// Updates averaged by `krum` (1 = Krum, more = Multi-Krum).
     #[cfg_attr(feature = "cli", arg(long = "multi-krum", default_value_t = StrategyConfig::DEFAULT_MULTI_KRUM_M))]
     pub multi_krum_m: usize,
-    /// L2 bound applied to each update before aggregation (Sun et al. 2019); any kind.
+    /// L2 bound applied to each update before aggregation (Sun et al. 2019); any kind; default none.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "cli", arg(long))]
     pub norm_bound: Option<f64>,
