@@ -1,12 +1,14 @@
-//! webfl-server: everything behind the `webfl` command line — simulation, dataset preparation,
-//! charts, benchmarks, and round orchestration for the production server.
+//! webfl-server: everything behind the `webfl` command line — task configuration, simulation,
+//! dataset preparation, charts, benchmarks, and the production server.
 
 pub mod api;
 pub mod bench;
+pub mod cli;
+pub mod config;
 pub mod datasets;
 pub mod eval;
 pub mod plot;
+pub mod serve;
 pub mod service;
 pub mod simulate;
 pub mod store;
-pub mod task;

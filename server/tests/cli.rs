@@ -133,7 +133,7 @@ fn same_seed_gives_same_history_and_another_seed_differs() {
     let tmp = tempfile::tempdir().unwrap();
     let run = |name: &str, seed: &str| {
         let dir = tmp.path().join(name);
-        let flags = ["--model", "2nn", "--clients", "20", "--fraction", "0.2", "--rounds", "3", "--epochs", "1"];
+        let flags = ["--model", "2nn", "--clients", "20", "--target-reports", "4", "--rounds", "3", "--epochs", "1"];
         simulate(&dir, &[&flags[..], &["--batch", "10", "--lr", "0.1", "--seed", seed]].concat());
         without_seconds(history(&dir))
     };
@@ -155,7 +155,20 @@ fn simulate_writes_history_csv_and_chart_and_learns_mnist() {
     let rounds = 3;
     simulate(
         dir,
-        &["--model", "2nn", "--clients", "10", "--fraction", "0.5", "--rounds", "3", "--lr", "0.1", "--batch", "10"],
+        &[
+            "--model",
+            "2nn",
+            "--clients",
+            "10",
+            "--target-reports",
+            "5",
+            "--rounds",
+            "3",
+            "--lr",
+            "0.1",
+            "--batch",
+            "10",
+        ],
     );
 
     let rows = history(dir);
@@ -199,18 +212,37 @@ fn config_file_sets_defaults_and_flags_override_it() {
     require_mnist();
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("sim.toml");
-    let toml = "model = \"2nn\"\nrounds = 2\nclients = 10\nfraction = 0.3\nlr = 0.1\npartition = \"shards:2\"\n";
+    let toml = "model = \"2nn\"\n[plan]\nlr = 0.1\n[rounds]\ntarget_reports = 3\n\
+                [simulation]\nrounds = 2\nclients = 10\npartition = \"shards:2\"\n";
     std::fs::write(&config, toml).unwrap();
     let out = tmp.path().join("out");
     simulate(&out, &["--config", path_str(&config), "--rounds", "1"]);
 
     let rows = history(&out);
     assert_eq!(rows.len(), 1, "--rounds 1 must override rounds = 2 from the file");
-    assert_eq!(rows[0]["clients"].as_u64(), Some(3), "fraction 0.3 of 10 clients from the file");
+    assert_eq!(rows[0]["clients"].as_u64(), Some(3), "target_reports = 3 from the file");
+    assert_eq!(rows[0]["outcome"].as_str(), Some("closed"));
     // The effective configuration is recorded next to the history.
     let effective = read(&out.join("config.toml"));
-    for line in ["rounds = 1", "clients = 10", "lr = 0.1", "partition = \"shards:2\""] {
+    for line in ["rounds = 1", "clients = 10", "lr = 0.1", "target_reports = 3", "partition = \"shards:2\""] {
         assert!(effective.lines().any(|l| l == line), "{line:?} not in the effective config:\n{effective}");
+    }
+}
+
+/// `webfl simulate --config` takes the task file `webfl serve --config` serves: the end-to-end
+/// test's private task runs as a simulation, with its rounds settings (target 4 of 6 selected).
+#[test]
+fn simulate_runs_a_serve_task_file() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let task = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/private-task.toml");
+    let stdout = simulate(tmp.path(), &["--config", path_str(&task), "--rounds", "2"]);
+    assert!(stdout.contains("rounds closed by target 2"), "{stdout}");
+    let rows = history(tmp.path());
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert_eq!((row["selected"].as_u64(), row["clients"].as_u64()), (Some(6), Some(4)), "{row}");
+        assert!(number(row, "round_s") > 0.0 && number(row, "sim_time_s") > 0.0, "{row}");
     }
 }
 
@@ -219,7 +251,7 @@ fn config_file_sets_defaults_and_flags_override_it() {
 fn unknown_config_key_is_rejected_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("sim.toml");
-    std::fs::write(&config, "model = \"2nn\"\nrounds = 2\nlearning_rate = 0.1\n").unwrap();
+    std::fs::write(&config, "model = \"2nn\"\n[simulation]\nrounds = 2\n[plan]\nlearning_rate = 0.1\n").unwrap();
     let err = simulate_err(&tmp.path().join("out"), &["--config", path_str(&config)]);
     assert!(err.contains("learning_rate"), "stderr does not name the unknown key:\n{err}");
     assert!(!tmp.path().join("out").join("history.json").exists());
@@ -243,8 +275,8 @@ fn compare_runs_every_combination_and_summarises_them() {
             "2",
             "--clients",
             "10",
-            "--fraction",
-            "0.2",
+            "--target-reports",
+            "2",
             "--target-accuracy",
             "0.5",
         ],
@@ -255,7 +287,10 @@ fn compare_runs_every_combination_and_summarises_them() {
 
     let summary = read(&out.join("summary.csv"));
     let lines: Vec<&str> = summary.lines().collect();
-    assert_eq!(lines[0], "configuration,final_accuracy,best_accuracy,rounds_to_target,bytes_per_update,epsilon");
+    assert_eq!(
+        lines[0],
+        "configuration,final_accuracy,best_accuracy,rounds_to_target,bytes_per_update,epsilon,median_round_s"
+    );
     // Labels are quoted CSV fields (they may contain commas).
     let mut labels: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap().trim_matches('"')).collect();
     labels.sort_unstable();
@@ -270,7 +305,7 @@ fn compare_runs_every_combination_and_summarises_them() {
     );
     for line in &lines[1..] {
         let cells: Vec<&str> = line.split(',').collect();
-        assert_eq!(cells.len(), 6, "{line}");
+        assert_eq!(cells.len(), 7, "{line}");
         let reach = cells[3];
         assert!(reach == ">2" || ["1", "2"].contains(&reach), "rounds_to_target {reach:?} in {line}");
         // Dense f32 updates of the 2NN (plus the 5-byte codec header); no DP, so no ε.
@@ -324,7 +359,7 @@ fn show_partition_prints_the_same_histogram_as_partition() {
     let tmp = tempfile::tempdir().unwrap();
     let flags = ["--clients", "4", "--partition", "dirichlet:0.5", "--seed", "3"];
     let shown =
-        simulate(tmp.path(), &[&flags[..], &["--rounds", "1", "--fraction", "0.25", "--show-partition"]].concat());
+        simulate(tmp.path(), &[&flags[..], &["--rounds", "1", "--target-reports", "2", "--show-partition"]].concat());
     let shown = histogram_lines(&shown);
     assert_eq!(shown.len(), 1 + 4 + 1, "{shown:#?}");
     assert_eq!(counts(shown[5])[0], 8000);
@@ -352,13 +387,13 @@ fn invalid_partition_parameter_is_rejected() {
     assert!(err.contains("dirichlet:-1") && err.contains("alpha"), "{err}");
 }
 
-/// A client fraction of zero is refused (and no history is written).
+/// Zero target reports per round is refused (and no history is written).
 #[test]
-fn zero_fraction_is_rejected() {
+fn zero_target_reports_is_rejected() {
     require_mnist();
     let tmp = tempfile::tempdir().unwrap();
-    let err = simulate_err(tmp.path(), &["--fraction", "0", "--rounds", "1", "--clients", "5"]);
-    assert!(err.contains("--fraction") && err.contains("(0, 1]"), "{err}");
+    let err = simulate_err(tmp.path(), &["--target-reports", "0", "--rounds", "1", "--clients", "5"]);
+    assert!(err.contains("target reports") && err.contains("at least 1"), "{err}");
     assert!(!tmp.path().join("history.json").exists());
 }
 
@@ -423,8 +458,8 @@ fn csv_dataset_trains_end_to_end() {
             "mlp",
             "--clients",
             "4",
-            "--fraction",
-            "1",
+            "--target-reports",
+            "4",
             "--rounds",
             "3",
             "--lr",
@@ -536,7 +571,7 @@ fn openapi_prints_the_served_document() {
 fn simulate_with_central_dp_and_compression_records_bytes_and_epsilon() {
     require_mnist();
     let dir = tempfile::tempdir().unwrap();
-    let common = ["--model", "2nn", "--clients", "20", "--fraction", "0.5", "--rounds", "3", "--seed", "1"];
+    let common = ["--model", "2nn", "--clients", "20", "--target-reports", "10", "--rounds", "3", "--seed", "1"];
     let mut args = common.to_vec();
     args.extend(["--dp", "central", "--clip", "1.0", "--target-epsilon", "4", "--compress", "topk:0.1"]);
     simulate(dir.path(), &args);

@@ -11,16 +11,28 @@ use crate::model::ModelError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "cli", derive(clap::Args), command(next_help_heading = "Training plan [plan]"))]
 pub struct TrainPlan {
+    /// Local epochs per round.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 1))]
     pub epochs: usize,
+    /// Local minibatch size.
+    #[cfg_attr(feature = "cli", arg(long, visible_alias = "batch", default_value_t = 10))]
     pub batch_size: usize,
+    /// Local SGD learning rate.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.1))]
     pub lr: f32,
+    /// Local SGD momentum, in [0, 1).
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
     pub momentum: f32,
+    /// L2 weight decay.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0.0))]
     pub weight_decay: f32,
     /// FedProx μ: adds μ/2‖w − w_global‖² to the local objective (Li et al. 2020). 0 disables it.
     #[serde(default)]
+    #[cfg_attr(feature = "cli", arg(long, visible_alias = "mu", default_value_t = 0.0))]
     pub prox_mu: f32,
 }
 

@@ -37,8 +37,6 @@ use clients::Registry;
 pub use error::{Refusal, ServiceError};
 use metrics::{Gauges, Metrics};
 
-/// Room for the safetensors header on top of the raw f32 payload when sizing the upload limit.
-const UPLOAD_HEADER_SLACK_BYTES: usize = 64 * 1024;
 /// How often the deadline ticker runs.
 const TICK_EVERY: Duration = Duration::from_millis(250);
 
@@ -138,8 +136,7 @@ impl Service {
         setup.plan.validate().context("invalid training plan")?;
         let layout = setup.spec.layout().context("invalid model")?;
         setup.initial.check_same_layout(&Params::zeros(Arc::new(layout))).context("initial parameters")?;
-        let upload_limit_bytes =
-            setup.upload_limit_bytes.unwrap_or(setup.initial.len() * 4 + UPLOAD_HEADER_SLACK_BYTES);
+        let upload_limit_bytes = crate::config::upload_limit_bytes(setup.upload_limit_bytes, setup.initial.len());
         let mut strategy = setup.strategy.build().context("invalid strategy")?;
         setup.update.validate().context("invalid update pipeline")?;
         // Central DP noise from a CSPRNG seeded by the OS, never from a task seed.

@@ -117,35 +117,48 @@ impl FromStr for StrategyKind {
 /// fails loudly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "cli", derive(clap::Args), command(next_help_heading = "Aggregation [strategy]"))]
 pub struct StrategyConfig {
+    /// fedavg | mean | fedavgm | fedadam | fedyogi | fedadagrad | median | trimmed-mean | krum | bulyan
+    #[cfg_attr(feature = "cli", arg(long = "strategy", default_value = "fedavg"))]
     pub kind: StrategyKind,
     /// Server learning rate η (all kinds). Default 1.0, except FedAdam 0.1, FedYogi 0.01,
     /// FedAdagrad 0.1.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub server_lr: Option<f64>,
     /// FedAvgM's momentum β; default 0.9.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub server_momentum: Option<f64>,
     /// First-moment decay (FedAdam/FedYogi 0.9, FedAdagrad 0.0).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub beta1: Option<f64>,
     /// Second-moment decay (FedAdam/FedYogi 0.99).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub beta2: Option<f64>,
     /// Adaptivity τ (FedAdam/FedAdagrad 1e-9, FedYogi 1e-3).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub tau: Option<f64>,
     /// Fraction trimmed from each end by `trimmed-mean`, in `[0, 0.5)`.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = StrategyConfig::DEFAULT_TRIM_FRACTION))]
     pub trim_fraction: f64,
     /// Byzantine clients tolerated by `krum` and `bulyan`.
+    #[cfg_attr(feature = "cli", arg(long = "byzantine", default_value_t = StrategyConfig::DEFAULT_BYZANTINE_F))]
     pub byzantine_f: usize,
     /// Updates averaged by `krum` (1 = Krum, more = Multi-Krum).
+    #[cfg_attr(feature = "cli", arg(long = "multi-krum", default_value_t = StrategyConfig::DEFAULT_MULTI_KRUM_M))]
     pub multi_krum_m: usize,
-    /// L2 bound applied to each update before aggregation (Sun et al. 2019); any kind.
+    /// L2 bound applied to each update before aggregation (Sun et al. 2019); any kind; default none.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub norm_bound: Option<f64>,
     /// Central DP (DP-FedAvg) on top of a mean-based kind.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub central_dp: Option<super::CentralDpConfig>,
 }
 

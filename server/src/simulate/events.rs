@@ -1,0 +1,673 @@
+//! The discrete-event driver: N participant [`Session`]s and one [`SyncCoordinator`] on a
+//! virtual clock, exchanging the protocol messages `webfl serve` and the browser exchange.
+//!
+//! Events are `(virtual time, sequence)` in a priority queue; the sequence breaks ties in the
+//! order events were scheduled, so a run is a pure function of its inputs. What takes time is
+//! the behaviour model's: network latency and bandwidth, and local training at each client's
+//! speed. The coordinator's work (selection, aggregation, evaluation, commit) takes none.
+//!
+//! Driver invariants, mirroring the server: a check-in the coordinator answers with *wait* is
+//! held (long poll) until the coordinator's state changes or the client's wait runs out;
+//! deadlines are applied at `next_deadline_ms`; a closed round is evaluated and its version made
+//! downloadable before it is committed; refusals carry the server's HTTP status and error code.
+//! Training is real (the CPU engine): every training pending when one is needed runs in
+//! parallel, and since each job carries its own random stream the result does not depend on
+//! how they are batched.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
+use webfl_shared::backend::CpuBackend;
+use webfl_shared::coordinator::{Coordinator, Resumed, RoundError, RoundPolicy, Settled, SyncCoordinator, Upload};
+use webfl_shared::data::Dataset;
+use webfl_shared::params::Params;
+use webfl_shared::participant::{Action, Failure, Randomness, Reply, Session, TrainJob, UploadRequest};
+use webfl_shared::pipeline;
+use webfl_shared::privacy::PrivacyBudget;
+use webfl_shared::protocol::{AssignmentTerms, ErrorBody, MAX_CHECK_IN_WAIT_MS, UploadResponse};
+use webfl_shared::rng::{self, Stream};
+use webfl_shared::strategy::StrategyConfig;
+use webfl_shared::train::{EvalStats, TrainError, TrainStats};
+
+use super::behaviour::{Behaviour, Micros, Profile};
+use super::evaluate;
+use super::report::{Outcome, RoundRecord, RunSummary};
+
+/// Everything one simulated run needs, already resolved from a task configuration.
+pub struct World {
+    /// What every assignment carries: model, plan, update pipeline, upload limit.
+    pub terms: AssignmentTerms,
+    pub policy: RoundPolicy,
+    /// The strategy (with central DP resolved); its noise is drawn from the seed's `Noise` stream.
+    pub strategy: StrategyConfig,
+    pub initial: Params,
+    pub privacy: Option<PrivacyBudget>,
+    /// ε is counted per client (the most-used client's participations) rather than per round.
+    pub local_dp: bool,
+    /// Each client's local data; clients without data never take part.
+    pub clients: Vec<Dataset>,
+    pub test: Dataset,
+    pub behaviour: Behaviour,
+    pub seed: u64,
+    /// Settled rounds to run.
+    pub rounds: usize,
+}
+
+/// A finished run.
+pub struct Run {
+    pub history: Vec<RoundRecord>,
+    pub summary: RunSummary,
+    /// The last committed model.
+    pub global: Params,
+    /// Per client: accepted updates, and uploads refused because their round had moved on.
+    pub participations: Vec<u64>,
+    pub stale: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// Hand client `.0` its pending reply.
+    Deliver(usize),
+    /// Client `.0`'s check-in reaches (or, held, is re-examined by) the coordinator; `.1` is
+    /// the check-in's generation, so that a wake-up of an answered check-in is ignored.
+    CheckIn(usize, u64),
+    /// Client `.0`'s upload reaches the coordinator.
+    Upload(usize),
+    /// A deadline may have passed.
+    Tick,
+}
+
+struct Client {
+    id: String,
+    session: Session,
+    profile: Profile,
+    /// The answer to the client's last action, ready at its `Deliver` event.
+    reply: Option<Reply>,
+    upload: Option<UploadRequest>,
+    /// The last local training's stats (what the upload in flight was trained with).
+    trained: Option<TrainStats>,
+    /// A check-in at the coordinator: its generation and until when it may be held.
+    generation: u64,
+    held_until: Micros,
+    held: bool,
+    finished: bool,
+}
+
+/// Accepted updates of a round so far.
+#[derive(Default)]
+struct Reports {
+    examples: usize,
+    loss: f64,
+    accuracy: f64,
+    bytes_up: usize,
+}
+
+struct Driver<'a> {
+    world: &'a World,
+    coordinator: SyncCoordinator,
+    clients: Vec<Client>,
+    queue: BinaryHeap<Reverse<(Micros, u64, Event)>>,
+    seq: u64,
+    now: Micros,
+    /// Safetensors bytes of the recent committed versions, what `Download` serves.
+    models: BTreeMap<u64, Vec<u8>>,
+    pending_training: Vec<(usize, TrainJob)>,
+    tick_at: Option<Micros>,
+    reports: HashMap<u64, Reports>,
+    participations: Vec<u64>,
+    history: Vec<RoundRecord>,
+    last_eval: EvalStats,
+    wall: Instant,
+    wakes: u64,
+    stale_uploads: u64,
+    stale: Vec<u64>,
+    dropouts: u64,
+    stopped: Option<String>,
+}
+
+/// A local training's outcome, as the session takes it.
+type Trained = Result<(Params, TrainStats), TrainError>;
+
+/// Versions kept downloadable: a client assigned an older one is refused (404) and checks in anew.
+const VERSIONS_KEPT: u64 = 3;
+/// Upper bound on events per run, against a behaviour that never settles a round.
+const MAX_EVENTS: u64 = 100_000_000;
+/// Client ids are `client-<index>`; every client shares this token (the driver knows who sent what).
+const TOKEN: &str = "sim";
+
+/// Runs `world` until `world.rounds` rounds have settled or nothing more can happen; calls
+/// `on_round` with each settled round's record.
+pub fn drive(world: &World, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<Run> {
+    let mut strategy = world.strategy.build()?;
+    // Seeded noise: simulations are reproducible; production seeds from platform entropy.
+    strategy.set_noise_source(Box::new(ChaCha20Rng::from_rng(&mut rng::stream(world.seed, Stream::Noise, &[]))));
+    let coordinator = SyncCoordinator::new(
+        world.policy.clone(),
+        strategy,
+        world.initial.clone(),
+        Resumed::default(),
+        world.privacy.clone(),
+    )?;
+    let clients = world
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, data)| Client {
+            id: format!("client-{i}"),
+            session: Session::new(
+                data.len(),
+                vec!["cpu".into()],
+                Randomness::Seeded { seed: world.seed, client: i as u64 },
+            )
+            .with_wait_ms(MAX_CHECK_IN_WAIT_MS),
+            profile: world.behaviour.profile(i),
+            reply: None,
+            upload: None,
+            trained: None,
+            generation: 0,
+            held_until: 0,
+            held: false,
+            finished: data.is_empty(),
+        })
+        .collect();
+    let last_eval = evaluate(&world.terms.model, &world.initial, &world.test)?;
+    let mut driver = Driver {
+        world,
+        coordinator,
+        clients,
+        queue: BinaryHeap::new(),
+        seq: 0,
+        now: 0,
+        models: BTreeMap::from([(0, world.initial.to_safetensors()?)]),
+        pending_training: Vec::new(),
+        tick_at: None,
+        reports: HashMap::new(),
+        participations: vec![0; world.clients.len()],
+        history: Vec::new(),
+        last_eval,
+        wall: Instant::now(),
+        wakes: 0,
+        stale_uploads: 0,
+        stale: vec![0; world.clients.len()],
+        dropouts: 0,
+        stopped: None,
+    };
+    driver.start();
+    driver.run(on_round)?;
+    let summary = RunSummary::of(
+        &driver.history,
+        driver.stale_uploads,
+        driver.dropouts,
+        driver.now as f64 / 1e6,
+        driver.stopped.take().unwrap_or_default(),
+    );
+    Ok(Run {
+        global: driver.coordinator.global().clone(),
+        history: driver.history,
+        summary,
+        participations: driver.participations,
+        stale: driver.stale,
+    })
+}
+
+impl Driver<'_> {
+    fn at(&mut self, time: Micros, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((time, self.seq, event)));
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now / 1000
+    }
+
+    /// Clients reach the coordinator in a seeded random order within the first millisecond.
+    fn start(&mut self) {
+        let mut order: Vec<usize> = (0..self.clients.len()).filter(|&i| !self.clients[i].finished).collect();
+        order.shuffle(&mut rng::stream(self.world.seed, Stream::Selection, &[]));
+        for (k, i) in order.into_iter().enumerate() {
+            self.clients[i].reply = Some(Reply::Start);
+            self.at(k as Micros, Event::Deliver(i));
+        }
+    }
+
+    fn run(&mut self, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<()> {
+        let mut events = 0u64;
+        while self.history.len() < self.world.rounds {
+            let Some(Reverse((time, _, event))) = self.queue.pop() else {
+                let reason =
+                    if self.clients.iter().all(|c| c.finished) { "every client has stopped" } else { "no event left" };
+                self.stopped.get_or_insert_with(|| reason.to_string());
+                return Ok(());
+            };
+            events += 1;
+            anyhow::ensure!(events <= MAX_EVENTS, "the simulation made no progress in {MAX_EVENTS} events");
+            self.now = time;
+            match event {
+                Event::Deliver(i) => self.deliver(i)?,
+                Event::CheckIn(i, generation) => self.check_in(i, generation),
+                Event::Upload(i) => self.upload(i, on_round)?,
+                Event::Tick => {
+                    if self.tick_at.is_some_and(|t| t <= time) {
+                        self.tick_at = None;
+                    }
+                    if let Some(settled) = self.coordinator.tick(self.now_ms())? {
+                        self.settle(settled, on_round)?;
+                    }
+                }
+            }
+            self.schedule_tick();
+        }
+        self.stopped.get_or_insert_with(|| format!("{} rounds settled", self.world.rounds));
+        Ok(())
+    }
+
+    fn schedule_tick(&mut self) {
+        if let Some(deadline) = self.coordinator.next_deadline_ms() {
+            let at = (deadline * 1000).max(self.now);
+            if self.tick_at != Some(at) {
+                self.tick_at = Some(at);
+                self.at(at, Event::Tick);
+            }
+        }
+    }
+
+    /// The client acts on its reply.
+    fn deliver(&mut self, i: usize) -> Result<()> {
+        if self.clients[i].reply.is_none() && self.pending_training.iter().any(|(c, _)| *c == i) {
+            self.train_pending()?;
+        }
+        let client = &mut self.clients[i];
+        let Some(reply) = client.reply.take() else { return Ok(()) };
+        let step = match client.session.handle(reply, self.now as f64 / 1000.0) {
+            Ok(step) => step,
+            Err(e) => {
+                tracing::warn!(client = %client.id, error = %e, "simulated client stopped");
+                client.finished = true;
+                return Ok(());
+            }
+        };
+        self.act(i, step.action);
+        Ok(())
+    }
+
+    fn act(&mut self, i: usize, action: Action) {
+        let b = &self.world.behaviour;
+        let now = self.now;
+        match action {
+            Action::CheckIn { request, .. } => {
+                let wait = request.wait_ms.unwrap_or(0).min(MAX_CHECK_IN_WAIT_MS);
+                let arrive = now + b.one_way();
+                let client = &mut self.clients[i];
+                client.generation += 1;
+                client.held_until = arrive + wait * 1000;
+                let generation = client.generation;
+                self.at(arrive, Event::CheckIn(i, generation));
+            }
+            Action::Download { model_version } => {
+                let (reply, done) = match self.models.get(&model_version) {
+                    Some(bytes) => (Ok(bytes.clone()), now + 2 * b.one_way() + b.transfer(bytes.len())),
+                    None => (
+                        Err(refusal(404, "not_found", &format!("model version {model_version} is not available"))),
+                        now + 2 * b.one_way(),
+                    ),
+                };
+                self.clients[i].reply = Some(Reply::Model(reply));
+                self.at(done, Event::Deliver(i));
+            }
+            Action::Train(job) => {
+                let deadline_ms = self.world.policy.deadline_ms;
+                if let Some(back) = b.dropout(i, job.round, deadline_ms) {
+                    // Gone mid-round (a closed tab, a sleeping laptop): no update; it returns later.
+                    self.dropouts += 1;
+                    let gone = TrainError::Device("the client went away mid-round".into());
+                    self.clients[i].reply = Some(Reply::Trained(Err(gone)));
+                    self.at(now + back, Event::Deliver(i));
+                } else {
+                    let examples = self.world.clients[i].len();
+                    let done = now + b.train_time(&self.clients[i].profile, examples, job.plan.epochs).max(1);
+                    self.pending_training.push((i, *job));
+                    self.at(done, Event::Deliver(i));
+                }
+            }
+            Action::Upload(request) => {
+                let arrive = now + b.one_way() + b.transfer(request.body.len());
+                self.clients[i].upload = Some(request);
+                self.at(arrive, Event::Upload(i));
+            }
+            Action::Wait { ms } => {
+                self.clients[i].reply = Some(Reply::Waited);
+                self.at(now + ms.max(1) * 1000, Event::Deliver(i));
+            }
+            Action::Finish { reason } => {
+                self.clients[i].finished = true;
+                self.stopped.get_or_insert(reason);
+            }
+        }
+    }
+
+    /// Runs every pending local training on all cores.
+    fn train_pending(&mut self) -> Result<()> {
+        let jobs = std::mem::take(&mut self.pending_training);
+        let data = &self.world.clients;
+        let results: Vec<(usize, Trained)> = jobs
+            .into_par_iter()
+            .map(|(i, mut job)| {
+                let trained = CpuBackend::new(&job.model)
+                    .map_err(TrainError::from)
+                    .and_then(|mut be| be.train(&job.global, &data[i], &job.plan, &mut job.rng, &mut |_| {}));
+                (i, trained)
+            })
+            .collect();
+        for (i, trained) in results {
+            let client = &mut self.clients[i];
+            client.trained = trained.as_ref().ok().map(|(_, stats)| stats.clone());
+            client.reply = Some(Reply::Trained(trained));
+        }
+        Ok(())
+    }
+
+    /// A check-in at the coordinator: answered now, or held until the state changes.
+    fn check_in(&mut self, i: usize, generation: u64) {
+        let now_ms = self.now_ms();
+        let client = &self.clients[i];
+        if client.generation != generation || client.finished {
+            return;
+        }
+        let answer = self.coordinator.check_in(&client.id, now_ms);
+        if answer.is_wait() && self.now < client.held_until {
+            if !client.held {
+                let until = client.held_until;
+                self.clients[i].held = true;
+                self.at(until, Event::CheckIn(i, generation));
+            }
+            return;
+        }
+        let client = &mut self.clients[i];
+        client.held = false;
+        client.generation += 1;
+        let response = answer.respond(client.id.clone(), TOKEN.into(), &self.world.terms, now_ms);
+        client.reply = Some(Reply::CheckIn(Ok(response)));
+        let back = self.now + self.world.behaviour.one_way();
+        self.at(back, Event::Deliver(i));
+    }
+
+    /// The coordinator's state changed: every held check-in is looked at again, in a seeded
+    /// random order (whoever a server's wake-up reaches first).
+    fn wake(&mut self) {
+        self.wakes += 1;
+        let mut held: Vec<usize> = (0..self.clients.len()).filter(|&i| self.clients[i].held).collect();
+        held.shuffle(&mut rng::stream(self.world.seed, Stream::Selection, &[self.wakes]));
+        for i in held {
+            let generation = self.clients[i].generation;
+            self.at(self.now, Event::CheckIn(i, generation));
+        }
+    }
+
+    fn upload(&mut self, i: usize, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<()> {
+        let Some(request) = self.clients[i].upload.take() else { return Ok(()) };
+        let answer = self.accept(i, &request, on_round)?;
+        self.clients[i].reply = Some(Reply::Uploaded(answer));
+        let back = self.now + self.world.behaviour.one_way();
+        self.at(back, Event::Deliver(i));
+        Ok(())
+    }
+
+    /// What the server's upload handler does: size limit, decode, submit.
+    fn accept(
+        &mut self,
+        i: usize,
+        request: &UploadRequest,
+        on_round: &mut dyn FnMut(&RoundRecord),
+    ) -> Result<Result<UploadResponse, Failure>> {
+        let terms = &self.world.terms;
+        if request.body.len() > terms.upload_limit_bytes {
+            let message = format!("the request body exceeds the limit of {} bytes", terms.upload_limit_bytes);
+            return Ok(Err(refusal(413, "payload_too_large", &message)));
+        }
+        let layout = self.coordinator.global().layout().clone();
+        let update = match pipeline::decode(&request.body, layout, &terms.update) {
+            Ok(update) => update,
+            Err(e) => return Ok(Err(refusal(422, "bad_update", &e.to_string()))),
+        };
+        let upload = Upload {
+            round: request.round,
+            model_version: request.model_version,
+            update: &update,
+            examples: request.examples,
+        };
+        match self.coordinator.submit(&self.clients[i].id, upload, self.now_ms()) {
+            Ok(settled) => {
+                let stats = self.clients[i].trained.clone().unwrap_or_default();
+                let r = self.reports.entry(request.round).or_default();
+                let n = request.examples as usize;
+                r.examples += n;
+                r.loss += stats.loss * n as f64;
+                r.accuracy += stats.accuracy * n as f64;
+                r.bytes_up += request.body.len();
+                self.participations[i] += 1;
+                let round_closed = settled.is_some();
+                if let Some(settled) = settled {
+                    self.settle(settled, on_round)?;
+                }
+                Ok(Ok(UploadResponse { accepted: true, round_closed }))
+            }
+            Err(e) => {
+                let (status, code) = status_of(&e);
+                if status == 409 {
+                    self.stale_uploads += 1;
+                    self.stale[i] += 1;
+                }
+                Ok(Err(refusal(status, code, &e.to_string())))
+            }
+        }
+    }
+
+    /// Evaluates and commits a closed round (or records an abandoned one), then wakes the held
+    /// check-ins.
+    fn settle(&mut self, settled: Settled, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<()> {
+        let now_ms = self.now_ms();
+        let (round, outcome, selected, clients, opened_at_ms, update_norm, clipped) = match settled {
+            Settled::Closed(pending) => {
+                let eval = evaluate(&self.world.terms.model, &pending.params, &self.world.test)?;
+                self.models.insert(pending.version, pending.params.to_safetensors()?);
+                let outcome = if pending.closed_by_deadline { Outcome::ClosedByDeadline } else { Outcome::Closed };
+                let facts = (
+                    pending.round,
+                    outcome,
+                    pending.selected,
+                    pending.reports,
+                    pending.opened_at_ms,
+                    pending.summary.delta_norm,
+                    pending.summary.clipped,
+                );
+                self.coordinator.commit(*pending).context("committing a simulated round")?;
+                let version = self.coordinator.version();
+                self.models.retain(|&v, _| v + VERSIONS_KEPT > version);
+                self.last_eval = eval;
+                facts
+            }
+            Settled::Abandoned { round, reports, selected, opened_at_ms } => {
+                (round, Outcome::Abandoned, selected, reports, opened_at_ms, 0.0, 0)
+            }
+        };
+        let reports = self.reports.remove(&round).unwrap_or_default();
+        let mean = |sum: f64| if reports.examples > 0 { sum / reports.examples as f64 } else { 0.0 };
+        let epsilon = self.world.privacy.as_ref().and_then(|budget| {
+            let steps = if self.world.local_dp {
+                self.participations.iter().copied().max().unwrap_or(0)
+            } else {
+                self.coordinator.rounds_completed()
+            };
+            budget.epsilon(steps)
+        });
+        let record = RoundRecord {
+            round,
+            outcome,
+            selected,
+            clients,
+            examples: reports.examples,
+            train_loss: mean(reports.loss),
+            train_accuracy: mean(reports.accuracy),
+            test_loss: self.last_eval.loss,
+            test_accuracy: self.last_eval.accuracy,
+            update_norm,
+            clipped,
+            bytes_up: reports.bytes_up,
+            epsilon,
+            seconds: self.wall.elapsed().as_secs_f64(),
+            sim_time_s: self.now as f64 / 1e6,
+            round_s: now_ms.saturating_sub(opened_at_ms) as f64 / 1000.0,
+        };
+        self.wall = Instant::now();
+        on_round(&record);
+        self.history.push(record);
+        self.wake();
+        Ok(())
+    }
+}
+
+/// A refusal as the server sends it: status and `{"error", "message"}`.
+fn refusal(status: u16, code: &str, message: &str) -> Failure {
+    let body = ErrorBody { error: code.to_string(), message: message.to_string() };
+    Failure::http(status, &serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// The server's status and error code for a coordinator's refusal (see `api::error` and `ServiceError::refusal`).
+pub fn status_of(e: &RoundError) -> (u16, &'static str) {
+    match e {
+        RoundError::NotSelected(_) => (403, "not_selected"),
+        RoundError::AlreadyReported(_) => (409, "already_reported"),
+        RoundError::WrongRound { .. } => (409, "wrong_round"),
+        RoundError::WrongModelVersion { .. } => (409, "wrong_model_version"),
+        RoundError::NoOpenRound => (409, "no_open_round"),
+        RoundError::DeadlinePassed(_) => (409, "deadline_passed"),
+        RoundError::BadUpdate(_) => (422, "bad_update"),
+        RoundError::NoExamples => (422, "no_examples"),
+        RoundError::BadPolicy(_) | RoundError::NothingToCommit => (500, "internal"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::Rng as _;
+    use webfl_shared::model::ModelSpec;
+    use webfl_shared::pipeline::UpdateSpec;
+    use webfl_shared::train::TrainPlan;
+
+    use super::*;
+    use crate::config::SimulationConfig;
+
+    /// A tiny synthetic task: 60 clients with 20 examples each of a 4-feature, 3-class problem;
+    /// training takes a client 0.1 s (a straggler 1 s); rounds want 10 updates of 13 selected
+    /// clients, at least 5 by the 10 s deadline.
+    fn tiny_world(seed: u64, behaviour: SimulationConfig) -> World {
+        let model = ModelSpec::builtin("mlp", &[4], 3).unwrap();
+        let mut r = rng::stream(seed, Stream::Partition, &[]);
+        let mut dataset = |n: usize| {
+            let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..3)).collect();
+            let features =
+                labels.iter().flat_map(|&l| (0..4).map(move |j| if j == l as usize { 1.0 } else { 0.0 })).collect();
+            Dataset {
+                sample_shape: vec![4],
+                classes: 3,
+                class_names: vec!["a".into(), "b".into(), "c".into()],
+                features,
+                labels,
+            }
+        };
+        let clients = (0..60).map(|_| dataset(20)).collect();
+        let test = dataset(60);
+        let initial = model.init_params(&mut rng::stream(seed, Stream::Init, &[])).unwrap();
+        World {
+            terms: AssignmentTerms {
+                plan: TrainPlan { epochs: 1, batch_size: 5, lr: 0.1, ..TrainPlan::default() },
+                model,
+                upload_limit_bytes: 1 << 24,
+                update: UpdateSpec::default(),
+            },
+            policy: RoundPolicy {
+                target_reports: 10,
+                over_selection: 1.3,
+                min_reports: 5,
+                deadline_ms: 10_000,
+                retry_after_ms: 1_000,
+            },
+            strategy: StrategyConfig::default(),
+            initial,
+            privacy: None,
+            local_dp: false,
+            clients,
+            test,
+            behaviour: Behaviour::new(seed, &SimulationConfig { samples_per_s: 200.0, ..behaviour }),
+            seed,
+            rounds: 12,
+        }
+    }
+
+    fn stragglers() -> SimulationConfig {
+        SimulationConfig { stragglers: "0.2:10".parse().unwrap(), ..SimulationConfig::default() }
+    }
+
+    #[test]
+    fn over_selected_rounds_close_at_their_target_before_stragglers_report() {
+        let world = tiny_world(1, stragglers());
+        let run = drive(&world, &mut |_| {}).unwrap();
+        assert_eq!(run.history.len(), 12);
+        assert!(run.history.iter().all(|r| r.outcome == Outcome::Closed && r.clients == 10 && r.selected == 13));
+        // A straggler trains its 20 examples in 1 s; most rounds do not wait for one.
+        let durations: Vec<f64> = run.history.iter().map(|r| r.round_s).collect();
+        assert!(run.summary.median_round_s < 1.0, "{:?} {durations:?}", run.summary);
+        let is_straggler: Vec<bool> = (0..60).map(|i| world.behaviour.profile(i).straggler).collect();
+        let late: Vec<usize> = (0..60).filter(|&i| run.stale[i] > 0).collect();
+        assert!(!late.is_empty() && run.summary.stale_uploads > 0);
+        // Late stragglers (and over-selected clients a moment too late) are refused ...
+        let late_stragglers: Vec<usize> = late.iter().copied().filter(|&i| is_straggler[i]).collect();
+        assert!(!late_stragglers.is_empty(), "{late:?}");
+        // ... check in again and are selected again.
+        assert!(late_stragglers.iter().any(|&i| run.stale[i] + run.participations[i] >= 2), "{:?}", run.stale);
+        let last = run.history.last().unwrap();
+        assert!(last.test_accuracy > run.history[0].test_accuracy - 0.2);
+    }
+
+    #[test]
+    fn rounds_whose_clients_vanish_close_at_the_deadline_or_are_abandoned() {
+        let all_gone = tiny_world(2, SimulationConfig { dropout: 1.0, ..SimulationConfig::default() });
+        let run = drive(&World { rounds: 3, ..all_gone }, &mut |_| {}).unwrap();
+        assert_eq!(run.history.len(), 3);
+        for r in &run.history {
+            assert_eq!((r.outcome, r.clients, r.round_s), (Outcome::Abandoned, 0, 10.0), "{r:?}");
+        }
+        assert_eq!(run.summary.abandoned, 3);
+
+        let half_gone = tiny_world(3, SimulationConfig { dropout: 0.5, ..SimulationConfig::default() });
+        let run = drive(&half_gone, &mut |_| {}).unwrap();
+        let by_deadline: Vec<&RoundRecord> =
+            run.history.iter().filter(|r| r.outcome == Outcome::ClosedByDeadline).collect();
+        assert!(!by_deadline.is_empty(), "{:?}", run.summary);
+        assert!(by_deadline.iter().all(|r| r.round_s == 10.0 && (5..10).contains(&r.clients)));
+        for r in run.history.iter().filter(|r| r.outcome == Outcome::Abandoned) {
+            assert!(r.clients < 5 && r.round_s == 10.0);
+        }
+        assert!(run.summary.dropouts > 0);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_history() {
+        let strip = |mut h: Vec<RoundRecord>| {
+            h.iter_mut().for_each(|r| r.seconds = 0.0);
+            h
+        };
+        let a = drive(&tiny_world(5, stragglers()), &mut |_| {}).unwrap();
+        let b = drive(&tiny_world(5, stragglers()), &mut |_| {}).unwrap();
+        assert_eq!(strip(a.history), strip(b.history));
+        assert_eq!(a.global, b.global);
+        let c = drive(&tiny_world(6, stragglers()), &mut |_| {}).unwrap();
+        assert_ne!(c.global, b.global);
+    }
+}
