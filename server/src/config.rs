@@ -217,6 +217,19 @@ pub struct SimulationConfig {
     /// Probability that a selected client vanishes mid-round (never uploads, comes back later).
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
+    /// The engine simulated clients train on: cpu (all cores, one client per core) or gpu (the
+    /// wgpu engine, one client at a time; falls back to the CPU, saying why, without a GPU).
+    #[arg(long, value_enum, default_value_t = SimBackend::Cpu)]
+    pub backend: SimBackend,
+}
+
+/// The training engine of `webfl simulate`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SimBackend {
+    #[default]
+    Cpu,
+    Gpu,
 }
 
 /// A section's defaults: its flags parsed from an empty command line.

@@ -73,6 +73,7 @@ pub fn world(cfg: &TaskConfig, prepared: &Prepared) -> Result<World> {
         behaviour: Behaviour::new(cfg.seed, sim),
         seed: cfg.seed,
         rounds: sim.rounds,
+        backend: sim.backend,
     })
 }
 
