@@ -40,7 +40,8 @@ use webfl_shared::train::{EvalStats, TrainError, TrainStats};
 
 use super::behaviour::{Behaviour, Micros, Profile};
 use super::evaluate;
-use super::report::{Outcome, RoundRecord, RunSummary};
+use super::report::{HistoryRow, RunSummary};
+use webfl_shared::protocol::RoundOutcome;
 
 /// Everything one simulated run needs, already resolved from a task configuration.
 pub struct World {
@@ -66,7 +67,7 @@ pub struct World {
 
 /// A finished run.
 pub struct Run {
-    pub history: Vec<RoundRecord>,
+    pub history: Vec<HistoryRow>,
     pub summary: RunSummary,
     /// The last committed model.
     pub global: Params,
@@ -128,7 +129,7 @@ struct Driver<'a> {
     tick_at: Option<Micros>,
     reports: HashMap<u64, Reports>,
     participations: Vec<u64>,
-    history: Vec<RoundRecord>,
+    history: Vec<HistoryRow>,
     last_eval: EvalStats,
     wall: Instant,
     wakes: u64,
@@ -150,7 +151,7 @@ const TOKEN: &str = "sim";
 
 /// Runs `world` until `world.rounds` rounds have settled or nothing more can happen; calls
 /// `on_round` with each settled round's record.
-pub fn drive(world: &World, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<Run> {
+pub fn drive(world: &World, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<Run> {
     let mut strategy = world.strategy.build()?;
     // Seeded noise: simulations are reproducible; production seeds from platform entropy.
     strategy.set_noise_source(Box::new(ChaCha20Rng::from_rng(&mut rng::stream(world.seed, Stream::Noise, &[]))));
@@ -244,7 +245,7 @@ impl Driver<'_> {
         }
     }
 
-    fn run(&mut self, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<()> {
+    fn run(&mut self, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<()> {
         let mut events = 0u64;
         while self.history.len() < self.world.rounds {
             let Some(Reverse((time, _, event))) = self.queue.pop() else {
@@ -428,7 +429,7 @@ impl Driver<'_> {
         }
     }
 
-    fn upload(&mut self, i: usize, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<()> {
+    fn upload(&mut self, i: usize, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<()> {
         let Some(request) = self.clients[i].upload.take() else { return Ok(()) };
         let answer = self.accept(i, &request, on_round)?;
         self.clients[i].reply = Some(Reply::Uploaded(answer));
@@ -442,7 +443,7 @@ impl Driver<'_> {
         &mut self,
         i: usize,
         request: &UploadRequest,
-        on_round: &mut dyn FnMut(&RoundRecord),
+        on_round: &mut dyn FnMut(&HistoryRow),
     ) -> Result<Result<UploadResponse, Failure>> {
         let terms = &self.world.terms;
         if request.body.len() > terms.upload_limit_bytes {
@@ -489,13 +490,14 @@ impl Driver<'_> {
 
     /// Evaluates and commits a closed round (or records an abandoned one), then wakes the held
     /// check-ins.
-    fn settle(&mut self, settled: Settled, on_round: &mut dyn FnMut(&RoundRecord)) -> Result<()> {
+    fn settle(&mut self, settled: Settled, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<()> {
         let now_ms = self.now_ms();
         let (round, outcome, selected, clients, opened_at_ms, update_norm, clipped) = match settled {
             Settled::Closed(pending) => {
                 let eval = evaluate(&self.world.terms.model, &pending.params, &self.world.test)?;
                 self.models.insert(pending.version, pending.params.to_safetensors()?);
-                let outcome = if pending.closed_by_deadline { Outcome::ClosedByDeadline } else { Outcome::Closed };
+                let outcome =
+                    if pending.closed_by_deadline { RoundOutcome::ClosedByDeadline } else { RoundOutcome::Closed };
                 let facts = (
                     pending.round,
                     outcome,
@@ -512,7 +514,7 @@ impl Driver<'_> {
                 facts
             }
             Settled::Abandoned { round, reports, selected, opened_at_ms } => {
-                (round, Outcome::Abandoned, selected, reports, opened_at_ms, 0.0, 0)
+                (round, RoundOutcome::Abandoned, selected, reports, opened_at_ms, 0.0, 0)
             }
         };
         let reports = self.reports.remove(&round).unwrap_or_default();
@@ -525,7 +527,7 @@ impl Driver<'_> {
             };
             budget.epsilon(steps)
         });
-        let record = RoundRecord {
+        let record = HistoryRow {
             round,
             outcome,
             selected,
@@ -654,7 +656,7 @@ mod tests {
         let world = tiny_world(1, stragglers());
         let run = drive(&world, &mut |_| {}).unwrap();
         assert_eq!(run.history.len(), 12);
-        assert!(run.history.iter().all(|r| r.outcome == Outcome::Closed && r.clients == 10 && r.selected == 13));
+        assert!(run.history.iter().all(|r| r.outcome == RoundOutcome::Closed && r.clients == 10 && r.selected == 13));
         // A straggler trains its 20 examples in 1 s; most rounds do not wait for one.
         let durations: Vec<f64> = run.history.iter().map(|r| r.round_s).collect();
         assert!(run.summary.median_round_s < 1.0, "{:?} {durations:?}", run.summary);
@@ -676,17 +678,17 @@ mod tests {
         let run = drive(&World { rounds: 3, ..all_gone }, &mut |_| {}).unwrap();
         assert_eq!(run.history.len(), 3);
         for r in &run.history {
-            assert_eq!((r.outcome, r.clients, r.round_s), (Outcome::Abandoned, 0, 10.0), "{r:?}");
+            assert_eq!((r.outcome, r.clients, r.round_s), (RoundOutcome::Abandoned, 0, 10.0), "{r:?}");
         }
         assert_eq!(run.summary.abandoned, 3);
 
         let half_gone = tiny_world(3, SimulationConfig { dropout: 0.5, ..SimulationConfig::default() });
         let run = drive(&half_gone, &mut |_| {}).unwrap();
-        let by_deadline: Vec<&RoundRecord> =
-            run.history.iter().filter(|r| r.outcome == Outcome::ClosedByDeadline).collect();
+        let by_deadline: Vec<&HistoryRow> =
+            run.history.iter().filter(|r| r.outcome == RoundOutcome::ClosedByDeadline).collect();
         assert!(!by_deadline.is_empty(), "{:?}", run.summary);
         assert!(by_deadline.iter().all(|r| r.round_s == 10.0 && (5..10).contains(&r.clients)));
-        for r in run.history.iter().filter(|r| r.outcome == Outcome::Abandoned) {
+        for r in run.history.iter().filter(|r| r.outcome == RoundOutcome::Abandoned) {
             assert!(r.clients < 5 && r.round_s == 10.0);
         }
         assert!(run.summary.dropouts > 0);
@@ -694,7 +696,7 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_history() {
-        let strip = |mut h: Vec<RoundRecord>| {
+        let strip = |mut h: Vec<HistoryRow>| {
             h.iter_mut().for_each(|r| r.seconds = 0.0);
             h
         };

@@ -27,7 +27,7 @@ use crate::config::TaskConfig;
 use crate::plot;
 use behaviour::Behaviour;
 use events::{Run, World};
-use report::{RoundRecord, SummaryRow, rounds_to, series, write_history, write_summary};
+use report::{HistoryRow, SummaryRow, rounds_to, series, write_history, write_summary};
 
 /// The data a run trains on, loaded once and shared by every configuration of a comparison
 /// that uses the same dataset.
@@ -90,7 +90,7 @@ pub fn run(cfg: &TaskConfig, prepared: &Prepared, label: &str, show_table: bool)
     if show_table {
         say(&bar, report::TABLE_HEADER.to_string());
     }
-    let run = events::drive(&world, &mut |record: &RoundRecord| {
+    let run = events::drive(&world, &mut |record: &HistoryRow| {
         if show_table {
             say(&bar, report::table_row(record));
         }

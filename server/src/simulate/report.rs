@@ -5,36 +5,15 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use webfl_shared::protocol::RoundOutcome;
 
 use crate::plot;
 
-/// How a round settled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Closed when its target number of updates was in.
-    Closed,
-    /// Closed at its deadline with at least the minimum.
-    ClosedByDeadline,
-    /// Too few updates by its deadline: no new version.
-    Abandoned,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::ClosedByDeadline => "closed_by_deadline",
-            Self::Abandoned => "abandoned",
-        }
-    }
-}
-
 /// One row of `history.json` / `history.csv`: a settled round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RoundRecord {
+pub struct HistoryRow {
     pub round: u64,
-    pub outcome: Outcome,
+    pub outcome: RoundOutcome,
     /// Clients selected for the round.
     pub selected: usize,
     /// Updates the round accepted.
@@ -65,7 +44,7 @@ pub struct RoundRecord {
 const CSV_HEADER: &str = "round,outcome,selected,clients,examples,train_loss,train_accuracy,test_loss,test_accuracy,\
                           update_norm,clipped,bytes_up,epsilon,seconds,sim_time_s,round_s\n";
 
-pub fn write_history(dir: &Path, history: &[RoundRecord]) -> Result<()> {
+pub fn write_history(dir: &Path, history: &[HistoryRow]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("history.json"), serde_json::to_string_pretty(history)?)?;
     let mut csv = String::from(CSV_HEADER);
@@ -96,11 +75,12 @@ pub fn write_history(dir: &Path, history: &[RoundRecord]) -> Result<()> {
 
 pub const TABLE_HEADER: &str = "round outcome     clients train_loss test_loss  test_acc  round_s   seconds";
 
-pub fn table_row(r: &RoundRecord) -> String {
+pub fn table_row(r: &HistoryRow) -> String {
     let outcome = match r.outcome {
-        Outcome::Closed => "closed",
-        Outcome::ClosedByDeadline => "deadline",
-        Outcome::Abandoned => "abandoned",
+        RoundOutcome::Closed => "closed",
+        RoundOutcome::ClosedByDeadline => "deadline",
+        RoundOutcome::Abandoned => "abandoned",
+        RoundOutcome::StoreFailed => "store_failed",
     };
     format!(
         "{:>5} {:<11} {:>7} {:>10.4} {:>9.4} {:>9.4} {:>8.1} {:>9.2}",
@@ -127,8 +107,8 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn of(history: &[RoundRecord], stale_uploads: u64, dropouts: u64, sim_time_s: f64, stopped: String) -> Self {
-        let count = |o: Outcome| history.iter().filter(|r| r.outcome == o).count();
+    pub fn of(history: &[HistoryRow], stale_uploads: u64, dropouts: u64, sim_time_s: f64, stopped: String) -> Self {
+        let count = |o: RoundOutcome| history.iter().filter(|r| r.outcome == o).count();
         let mut durations: Vec<f64> = history.iter().map(|r| r.round_s).collect();
         durations.sort_by(f64::total_cmp);
         let median_round_s = match durations.len() {
@@ -137,9 +117,9 @@ impl RunSummary {
             n => (durations[n / 2 - 1] + durations[n / 2]) / 2.0,
         };
         Self {
-            closed: count(Outcome::Closed),
-            closed_by_deadline: count(Outcome::ClosedByDeadline),
-            abandoned: count(Outcome::Abandoned),
+            closed: count(RoundOutcome::Closed),
+            closed_by_deadline: count(RoundOutcome::ClosedByDeadline),
+            abandoned: count(RoundOutcome::Abandoned),
             median_round_s,
             stale_uploads,
             dropouts,
@@ -165,11 +145,11 @@ impl RunSummary {
 }
 
 /// First round whose test accuracy reaches `target`.
-pub fn rounds_to(history: &[RoundRecord], target: f64) -> Option<u64> {
+pub fn rounds_to(history: &[HistoryRow], target: f64) -> Option<u64> {
     history.iter().find(|r| r.test_accuracy >= target).map(|r| r.round)
 }
 
-pub fn series(history: &[RoundRecord], label: &str) -> (plot::Series, plot::Series) {
+pub fn series(history: &[HistoryRow], label: &str) -> (plot::Series, plot::Series) {
     let acc = history.iter().map(|r| (r.round as f64, r.test_accuracy)).collect();
     let loss = history.iter().map(|r| (r.round as f64, r.test_loss)).collect();
     (plot::Series { label: label.to_string(), points: acc }, plot::Series { label: label.to_string(), points: loss })
