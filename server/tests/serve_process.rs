@@ -212,6 +212,43 @@ fn a_bad_task_file_is_refused_by_name() {
     assert!(!dir.path().join("store").exists(), "nothing may be created for a refused task");
 }
 
+/// A task file changed under the same task name is not resumed under the new settings: the
+/// restart is refused with the differences named, and the stored versions stay as they were.
+#[test]
+fn a_task_changed_under_the_same_name_is_refused_naming_the_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = dir.path().join("task.toml");
+    let store = dir.path().join("store");
+    let serve = |text: &str| {
+        std::fs::write(&task, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_webfl"))
+            .args(["serve", "--port", "0", "--config"])
+            .arg(&task)
+            .arg("--data")
+            .arg(&store)
+            .env("WEBFL_DATA_DIR", DATA_DIR)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        (line, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (banner, _) = serve("name = \"t\"\n[plan]\nepochs = 1\nbatch_size = 10\nlr = 0.1\n");
+    assert!(banner.starts_with("webfl serving at"), "{banner}");
+    // Same settings: resumes.
+    let (banner, _) = serve("name = \"t\"\n[plan]\nepochs = 1\nbatch_size = 10\nlr = 0.1\n");
+    assert!(banner.starts_with("webfl serving at"), "{banner}");
+    // Another learning rate under the same name: refused before it serves, saying what changed.
+    let (banner, stderr) = serve("name = \"t\"\n[plan]\nepochs = 1\nbatch_size = 10\nlr = 0.5\n");
+    assert!(banner.is_empty(), "{banner}");
+    assert!(stderr.contains("plan.lr: 0.1 → 0.5") && stderr.contains("other settings"), "{stderr}");
+}
+
 /// `webfl export` writes exactly the stored bytes of a version (safetensors with PyTorch names),
 /// and names the problem when the version or the store does not exist.
 #[test]
