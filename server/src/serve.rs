@@ -25,6 +25,7 @@ pub fn run(addr: SocketAddr, config: &TaskConfig, data: &Path, www: &Path) -> Re
         // On stdout too, so scripts and tests that bind port 0 learn the address.
         println!("webfl serving at http://{local}/");
         let ticker = state.spawn_ticker();
+        let service = state.clone();
         let app = if www.join("index.html").is_file() {
             api::app_with_pages(state, www)
         } else {
@@ -32,9 +33,11 @@ pub fn run(addr: SocketAddr, config: &TaskConfig, data: &Path, www: &Path) -> Re
             api::app(state)
         };
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
+            .with_graceful_shutdown(async move {
                 let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down");
+                // Long polls answer now instead of holding the shutdown for up to 20 s.
+                service.shut_down();
             })
             .await
             .context("serving HTTP")?;

@@ -709,3 +709,59 @@ async fn a_private_compressed_task_spends_its_budget_then_stops() {
     assert_eq!(again["status"], "done", "{again}");
     assert!(again["reason"].as_str().unwrap().contains("privacy budget"), "{again}");
 }
+
+/// Pacing: a client that would be told to wait is held (long poll) and answered the moment the
+/// next round can take it — not when its retry time or the old round's deadline comes round.
+#[tokio::test]
+async fn a_long_polling_client_is_assigned_the_moment_the_next_round_opens() {
+    let state = state();
+    let app = app(state.clone());
+    let (a, _) = checkin(&app).await;
+    let (b, _) = checkin(&app).await;
+    // The round (2 of 2) is full: a third client asks to wait up to 10 s.
+    let held = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let (status, json) = call_json(&app, checkin_req(None, r#"{"wait_ms": 10000}"#)).await;
+            (status, json, started.elapsed())
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "a full round holds the waiting client");
+    let global = download(&app, 0).await;
+    let released = std::time::Instant::now();
+    for c in [&a, &b] {
+        assert_eq!(
+            upload(&app, c, 1, 0, 10, local_update(&global, 0.5).to_safetensors().unwrap()).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let (status, json, waited) = held.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (json["status"].as_str(), json["round"].as_u64(), json["model_version"].as_u64()),
+        (Some("assigned"), Some(2), Some(1)),
+        "{json}"
+    );
+    assert!(
+        released.elapsed() < std::time::Duration::from_secs(5),
+        "answered {:?} after the round closed",
+        released.elapsed()
+    );
+    assert!(waited >= std::time::Duration::from_millis(200));
+
+    // A server that is stopping answers held check-ins at once instead of keeping them.
+    // Round 2 took the waiting client; one more fills it, so the next one is held.
+    checkin(&app).await;
+    let held = tokio::spawn({
+        let app = app.clone();
+        async move { call_json(&app, checkin_req(None, r#"{"wait_ms": 20000}"#)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stopping = std::time::Instant::now();
+    state.shut_down();
+    let (status, json) = held.await.unwrap();
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("retry")), "{json}");
+    assert!(stopping.elapsed() < std::time::Duration::from_secs(2));
+}

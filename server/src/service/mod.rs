@@ -118,6 +118,8 @@ pub struct Service {
     changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Commit sequences still running.
     commits_in_flight: Arc<AtomicUsize>,
+    /// Set when the server is shutting down: check-ins are answered at once.
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Service {
@@ -183,6 +185,7 @@ impl Service {
             clock,
             changed: Arc::new(changed),
             commits_in_flight: Arc::default(),
+            shutting_down: Arc::default(),
         })
     }
 
@@ -242,7 +245,7 @@ impl Service {
                 state.clients.seen(&client_id, now, round);
                 check_in
             };
-            if !check_in.is_wait() || now >= held_until {
+            if !check_in.is_wait() || now >= held_until || self.shutting_down.load(Ordering::SeqCst) {
                 return Ok(check_in.respond(client_id, token, &self.task.terms, now));
             }
             // Holding the client carries no work: if it hangs up, nothing is lost. The deadline
@@ -420,6 +423,12 @@ impl Service {
             service.changed.send_modify(|n| *n += 1);
             committed
         })
+    }
+
+    /// Answers every held check-in now and holds no more (the server is stopping).
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Resolves once no commit sequence is running (every closed round is stored and announced,
