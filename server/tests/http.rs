@@ -765,3 +765,63 @@ async fn a_long_polling_client_is_assigned_the_moment_the_next_round_opens() {
     assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("retry")), "{json}");
     assert!(stopping.elapsed() < std::time::Duration::from_secs(2));
 }
+
+/// Hostile updates that are each well-formed: one beyond the task's clip bound is refused with
+/// nothing changed; huge ones that overflow only together leave the closing client accepted,
+/// the round abandoned and recorded, the model as it was, and the next round running.
+#[tokio::test]
+async fn updates_beyond_the_clip_bound_or_that_overflow_together_change_no_model() {
+    // A clipped dense task (clip 1): an update of norm 5 skipped its clipping.
+    let mut task = setup(policy());
+    task.update = webfl_shared::pipeline::UpdateSpec { clip: Some(1.0), ..Default::default() };
+    let state = AppState::new(task).unwrap();
+    let clipped = app(state.clone());
+    let (a, _) = checkin(&clipped).await;
+    let global = download(&clipped, 0).await;
+    let (code, json) = upload(&clipped, &a, 1, 0, 10, local_update(&global, 1.0).to_safetensors().unwrap()).await;
+    assert_eq!((code, json["error"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("bad_update")), "{json}");
+    assert!(json["message"].as_str().unwrap().contains("clip bound"), "{json}");
+    assert_eq!(status(&clipped).await["updates_accepted"], 0);
+    let (code, _) = upload(&clipped, &a, 1, 0, 10, local_update(&global, 0.001).to_safetensors().unwrap()).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "an honest update still gets in");
+
+    // No clip: two finite updates of 3e38 commit (3e38 ≤ f32::MAX); the next two overflow.
+    let state = state_with(setup(policy()));
+    let open = app(state.clone());
+    let app = &open;
+    let (a, _) = checkin(app).await;
+    let (b, _) = checkin(app).await;
+    let huge = |global: &Params| {
+        let mut d = global.clone();
+        d.as_mut_slice().iter_mut().for_each(|v| *v = 3.0e38);
+        d.to_safetensors().unwrap()
+    };
+    let g0 = download(app, 0).await;
+    for c in [&a, &b] {
+        assert_eq!(upload(app, c, 1, 0, 10, huge(&g0)).await.0, StatusCode::ACCEPTED);
+    }
+    state.settled().await;
+    let (code, j) = call_json(app, checkin_req(Some(&a.token), format!(r#"{{"client_id": "{}"}}"#, a.id))).await;
+    assert_eq!((code, j["round"].as_u64()), (StatusCode::OK, Some(2)), "{j}");
+    call_json(app, checkin_req(Some(&b.token), format!(r#"{{"client_id": "{}"}}"#, b.id))).await;
+    let g1 = download(app, 1).await;
+    let latest = [("x-webfl-model-version", Some("1"))];
+    assert_eq!(call_json(app, upload_as(&a, "2", Body::from(huge(&g1)), &latest)).await.0, StatusCode::ACCEPTED);
+    let (code, j) = call_json(app, upload_as(&b, "2", Body::from(huge(&g1)), &latest)).await;
+    assert_eq!(
+        (code, j["round_closed"].as_bool()),
+        (StatusCode::ACCEPTED, Some(true)),
+        "the closer did nothing wrong: {j}"
+    );
+    state.settled().await;
+    let st = status(app).await;
+    assert_eq!((st["model_version"].as_u64(), st["rounds_completed"].as_u64()), (Some(1), Some(1)), "{st}");
+    let (_, rounds) = call_json(app, get("/api/rounds")).await;
+    assert_eq!((rounds[1]["round"].as_u64(), rounds[1]["outcome"].as_str()), (Some(2), Some("abandoned")), "{rounds}");
+    let (_, j) = checkin(app).await;
+    assert_eq!((j["round"].as_u64(), j["model_version"].as_u64()), (Some(3), Some(1)), "the next round runs: {j}");
+}
+
+fn state_with(setup: TaskSetup) -> AppState {
+    AppState::new(setup).unwrap()
+}

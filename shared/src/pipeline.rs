@@ -100,6 +100,8 @@ pub enum PipelineError {
     Codec(#[from] CodecError),
     #[error("the update was compressed with {got} but the task expects {want}")]
     WrongCodec { got: String, want: String },
+    #[error("the update's L2 norm {norm:.4} exceeds what the task's clip bound allows ({bound:.4})")]
+    TooLarge { norm: f64, bound: f64 },
 }
 
 impl UpdateSpec {
@@ -192,19 +194,48 @@ pub fn prepare(
     Ok(Prepared { body, norm, clipped })
 }
 
-/// The server half: decodes an upload into an update of `layout`, refusing any codec but the
-/// task's and non-finite values. Never panics on untrusted bytes.
+/// The server half: decodes an upload into an update of `layout`, refusing anything the task's
+/// spec rules out — another codec or other codec parameters (a `topk:0.3` body on a `topk:0.1`
+/// task), non-finite values, and an update larger than the clip bound allows. Never panics on
+/// untrusted bytes.
 pub fn decode(body: &[u8], layout: Arc<Layout>, spec: &UpdateSpec) -> Result<Params, PipelineError> {
     let got = codec::peek_compression(body)?;
-    if std::mem::discriminant(&got) != std::mem::discriminant(&spec.compression) {
+    if got != spec.compression {
         return Err(PipelineError::WrongCodec { got: got.to_string(), want: spec.compression.to_string() });
     }
     let values = codec::decode(body, layout.len())?;
     let params = Params::from_vec(layout, values).map_err(|e| PipelineError::BadSpec(e.to_string()))?;
-    if !params.all_finite() {
+    check(&params, spec)?;
+    Ok(params)
+}
+
+/// What every decoded update must satisfy under `spec`, however it arrived (the pipeline's
+/// encoding or plain safetensors): finite values, and a dense update within the clip bound.
+pub fn check(update: &Params, spec: &UpdateSpec) -> Result<(), PipelineError> {
+    if !update.all_finite() {
         return Err(PipelineError::NonFinite);
     }
-    Ok(params)
+    if let Some(bound) = norm_bound(spec, update.len()) {
+        let norm = update.l2_norm();
+        if norm > bound {
+            return Err(PipelineError::TooLarge { norm, bound });
+        }
+    }
+    Ok(())
+}
+
+/// The largest L2 norm an honest client's decoded update can have under `spec`, for dense
+/// updates: the clip bound, plus the local noise's norm with room for chance
+/// (‖N(0, σ²I_d)‖ > σ(√d + 10) has probability below e^{-50}), plus float slack. Compressed
+/// updates have no such bound: top-k sends error-feedback residuals of earlier rounds too, and
+/// 8-bit, random-k and QSGD rescale or requantise values.
+fn norm_bound(spec: &UpdateSpec, len: usize) -> Option<f64> {
+    let clip = spec.clip?;
+    if spec.compression != Compression::None {
+        return None;
+    }
+    let noise = spec.noise_std * ((len as f64).sqrt() + 10.0);
+    Some((clip + noise) * (1.0 + 1e-5))
 }
 
 /// Scales `v` to L2 norm at most `bound`; returns the norm before and whether it was scaled.
@@ -306,6 +337,44 @@ mod tests {
         let err = decode(&prepared.body, delta.layout().clone(), &UpdateSpec::default()).unwrap_err();
         assert!(matches!(err, PipelineError::WrongCodec { .. }), "{err}");
         assert!(decode(b"\x01", delta.layout().clone(), &q8).is_err());
+    }
+
+    #[test]
+    fn the_server_refuses_other_codec_parameters_and_updates_beyond_the_clip_bound() {
+        let topk = |fraction| UpdateSpec { compression: Compression::TopK { fraction }, ..UpdateSpec::default() };
+        let mut noise = rand_chacha::ChaCha20Rng::seed_from_u64(0);
+        let mut delta = params(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
+        let wide = prepare(
+            &mut delta,
+            &topk(0.5),
+            Some(&mut ErrorFeedback::new(6)),
+            &mut noise,
+            &mut crate::rng::derive(0, &[]),
+        )
+        .unwrap();
+        let err = decode(&wide.body, delta.layout().clone(), &topk(0.2)).unwrap_err();
+        assert!(matches!(err, PipelineError::WrongCodec { .. }), "{err}");
+        assert!(decode(&wide.body, delta.layout().clone(), &topk(0.5)).is_ok());
+
+        // A clipped task: an honest update passes, one that skipped clipping does not.
+        let clipped = UpdateSpec { clip: Some(1.0), ..UpdateSpec::default() };
+        let mut honest = params(&[3.0, 4.0, 0.0, 0.0]);
+        let body = prepare(&mut honest, &clipped, None, &mut noise, &mut crate::rng::derive(0, &[])).unwrap().body;
+        assert!(decode(&body, honest.layout().clone(), &clipped).is_ok());
+        let mut hostile = params(&[3.0, 4.0, 0.0, 0.0]);
+        let body = prepare(&mut hostile, &UpdateSpec::default(), None, &mut noise, &mut crate::rng::derive(0, &[]))
+            .unwrap()
+            .body;
+        let err = decode(&body, hostile.layout().clone(), &clipped).unwrap_err();
+        assert!(matches!(err, PipelineError::TooLarge { .. }), "{err}");
+        // With local noise the bound leaves room for it: honest noisy updates pass.
+        let noisy = UpdateSpec { clip: Some(1.0), noise_std: 0.5, ..UpdateSpec::default() };
+        for seed in 0..20 {
+            let mut d = params(&[3.0, 4.0, 1.0, 2.0]);
+            let mut n = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+            let body = prepare(&mut d, &noisy, None, &mut n, &mut crate::rng::derive(0, &[])).unwrap().body;
+            assert!(decode(&body, d.layout().clone(), &noisy).is_ok());
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::store::unix_ms;
 /// Runs the sequence for `settled`; returns whether a new version was committed.
 pub(super) async fn settle(service: &Service, settled: Settled) -> bool {
     match settled {
-        Settled::Abandoned { round, reports, selected, opened_at_ms } => {
-            tracing::info!(round, reports, selected, "round abandoned: too few updates by its deadline");
+        Settled::Abandoned { round, reports, selected, opened_at_ms, why } => {
+            tracing::warn!(round, reports, selected, %why, "round abandoned");
             let mut record = RoundRecord {
                 round,
                 outcome: RoundOutcome::Abandoned,

@@ -465,6 +465,8 @@ fn decode_update(
             spec.compression
         )));
     }
-    Params::from_safetensors(layout, body)
-        .map_err(|e| ServiceError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))
+    let update = Params::from_safetensors(layout, body)
+        .map_err(|e| ServiceError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))?;
+    pipeline::check(&update, spec).map_err(|e| ServiceError::BadUpdate(format!("the update: {e}")))?;
+    Ok(update)
 }

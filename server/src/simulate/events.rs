@@ -513,7 +513,7 @@ impl Driver<'_> {
                 self.last_eval = eval;
                 facts
             }
-            Settled::Abandoned { round, reports, selected, opened_at_ms } => {
+            Settled::Abandoned { round, reports, selected, opened_at_ms, .. } => {
                 (round, RoundOutcome::Abandoned, selected, reports, opened_at_ms, 0.0, 0)
             }
         };

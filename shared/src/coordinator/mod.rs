@@ -155,8 +155,27 @@ pub struct PendingCommit {
 pub enum Settled {
     /// The round closed; evaluate, store durably, then [`Coordinator::commit`].
     Closed(Box<PendingCommit>),
-    /// The deadline passed with too few updates; the partial aggregate was discarded.
-    Abandoned { round: u64, reports: usize, selected: usize, opened_at_ms: u64 },
+    /// The round produced no version; its partial aggregate was discarded and the model and the
+    /// server optimizer are as they were.
+    Abandoned { round: u64, reports: usize, selected: usize, opened_at_ms: u64, why: AbandonReason },
+}
+
+/// Why a round produced no version.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AbandonReason {
+    /// Fewer than the minimum number of updates by the deadline.
+    TooFewReports,
+    /// The accepted updates could not be combined (e.g. their sum overflows).
+    AggregationFailed(String),
+}
+
+impl std::fmt::Display for AbandonReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AbandonReason::TooFewReports => f.write_str("too few updates by its deadline"),
+            AbandonReason::AggregationFailed(why) => write!(f, "its updates could not be aggregated: {why}"),
+        }
+    }
 }
 
 /// Where a task stands when a coordinator starts: fresh (version 0, round 1) or resumed from

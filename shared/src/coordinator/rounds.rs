@@ -20,7 +20,9 @@ use crate::privacy::PrivacyBudget;
 use crate::protocol::WaitReason;
 use crate::strategy::{OptimizerState, Strategy, StrategyError};
 
-use super::{CheckIn, ClientId, Coordinator, PendingCommit, Resumed, RoundError, RoundPolicy, Settled, Upload};
+use super::{
+    AbandonReason, CheckIn, ClientId, Coordinator, PendingCommit, Resumed, RoundError, RoundPolicy, Settled, Upload,
+};
 
 #[derive(Debug)]
 struct OpenRound {
@@ -92,8 +94,18 @@ impl SyncCoordinator {
         let summary = match self.strategy.finish_round(&mut params) {
             Ok(s) => s,
             Err(e) => {
+                // The updates were each valid when accepted (the one that closed the round
+                // too), but together they cannot be aggregated (e.g. their sum overflows): the
+                // round is abandoned and recorded, the model and the optimizer stay as they were.
                 self.strategy.discard_round();
-                return Err(e.into());
+                self.strategy.restore_optimizer_state(optimizer_before)?;
+                return Ok(Settled::Abandoned {
+                    round: open.id,
+                    reports: open.reports,
+                    selected: open.selected.len(),
+                    opened_at_ms: open.opened_at_ms,
+                    why: AbandonReason::AggregationFailed(e.to_string()),
+                });
             }
         };
         let version = self.version + 1;
@@ -203,6 +215,7 @@ impl Coordinator for SyncCoordinator {
             reports: open.reports,
             selected: open.selected.len(),
             opened_at_ms: open.opened_at_ms,
+            why: AbandonReason::TooFewReports,
         };
         self.strategy.discard_round();
         self.phase = Phase::Idle;
@@ -519,6 +532,25 @@ mod tests {
         pending.version = 7;
         assert_eq!(c.commit(*pending).unwrap_err(), RoundError::NothingToCommit);
         assert_eq!((c.version(), c.rounds_completed()), (0, 0));
+    }
+
+    /// Each update is valid on its own, but their aggregate overflows: the closing update is
+    /// still accepted (it did nothing wrong), the round is abandoned and recorded, and the model
+    /// and optimizer are untouched — a refusal never follows from someone else's update.
+    #[test]
+    fn a_round_whose_updates_cannot_be_combined_is_abandoned_not_blamed_on_the_closer() {
+        let strategy = StrategyConfig::new(StrategyKind::FedAvg).build().unwrap();
+        let mut c = SyncCoordinator::new(policy(), strategy, p([3.0e38, 0.0]), fresh(), None).unwrap();
+        c.check_in("a", 0);
+        c.check_in("b", 0);
+        c.up("a", 1, 0, &p([3.0e38, 1.0]), 1, 1).unwrap();
+        let settled = c.up("b", 1, 0, &p([3.0e38, 1.0]), 1, 2).expect("the closing update is accepted");
+        let Some(Settled::Abandoned { round: 1, reports: 2, why: AbandonReason::AggregationFailed(_), .. }) = settled
+        else {
+            panic!("expected an abandoned round, got {settled:?}")
+        };
+        assert_eq!((c.version(), c.global().as_slice()), (0, &[3.0e38, 0.0][..]));
+        assert_eq!(assigned(c.check_in("a", 3)), (2, 0));
     }
 
     #[test]
