@@ -4,28 +4,13 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use webfl_shared::protocol::ErrorBody;
 
-use crate::service::{Refusal, ServiceError};
-
-pub fn status_of(e: &ServiceError) -> StatusCode {
-    match e.refusal() {
-        Refusal::BadRequest => StatusCode::BAD_REQUEST,
-        Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
-        Refusal::Forbidden => StatusCode::FORBIDDEN,
-        Refusal::NotFound => StatusCode::NOT_FOUND,
-        Refusal::Conflict => StatusCode::CONFLICT,
-        Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Refusal::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
-        Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
+use crate::service::ServiceError;
 
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let status = status_of(&self);
-        let body = ErrorBody { error: self.code().to_string(), message: self.to_string() };
-        let mut resp = (status, Json(body)).into_response();
+        let status = StatusCode::from_u16(self.refusal().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, Json(self.body())).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

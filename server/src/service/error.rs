@@ -23,6 +23,23 @@ pub enum Refusal {
     Internal,
 }
 
+impl Refusal {
+    /// The HTTP status a refusal of this kind is answered with (`webfl serve`, and the refusals
+    /// `webfl simulate` hands its clients).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Refusal::BadRequest => 400,
+            Refusal::Unauthorized => 401,
+            Refusal::Forbidden => 403,
+            Refusal::NotFound => 404,
+            Refusal::Conflict => 409,
+            Refusal::TooLarge => 413,
+            Refusal::Unprocessable => 422,
+            Refusal::Internal => 500,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{message}")]
@@ -46,6 +63,11 @@ pub enum ServiceError {
 impl ServiceError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ServiceError::BadRequest { code, message: message.into() }
+    }
+
+    /// The refusal as the protocol's JSON body.
+    pub fn body(&self) -> webfl_shared::protocol::ErrorBody {
+        webfl_shared::protocol::ErrorBody { error: self.code().to_string(), message: self.to_string() }
     }
 
     pub fn refusal(&self) -> Refusal {

@@ -27,13 +27,14 @@ use webfl_shared::backend::{Backend, CpuBackend, Engine, Preference};
 use webfl_shared::gpu::block_on;
 
 use crate::config::SimBackend;
-use webfl_shared::coordinator::{Coordinator, Resumed, RoundError, RoundPolicy, Settled, SyncCoordinator, Upload};
+use crate::service::{Refusal, ServiceError};
+use webfl_shared::coordinator::{Coordinator, Resumed, RoundPolicy, Settled, SyncCoordinator, Upload};
 use webfl_shared::data::Dataset;
 use webfl_shared::params::Params;
 use webfl_shared::participant::{Action, Failure, Randomness, Reply, Session, TrainJob, UploadRequest};
 use webfl_shared::pipeline;
 use webfl_shared::privacy::PrivacyBudget;
-use webfl_shared::protocol::{AssignmentTerms, ErrorBody, MAX_CHECK_IN_WAIT_MS, UploadResponse};
+use webfl_shared::protocol::{AssignmentTerms, MAX_CHECK_IN_WAIT_MS, UploadResponse};
 use webfl_shared::rng::{self, Stream};
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::{EvalStats, TrainError, TrainStats};
@@ -322,7 +323,7 @@ impl Driver<'_> {
                 let (reply, done) = match self.models.get(&model_version) {
                     Some(bytes) => (Ok(bytes.clone()), now + 2 * b.one_way() + b.transfer(bytes.len())),
                     None => (
-                        Err(refusal(404, "not_found", &format!("model version {model_version} is not available"))),
+                        Err(refusal(ServiceError::NotFound(format!("no model version {model_version}")))),
                         now + 2 * b.one_way(),
                     ),
                 };
@@ -447,13 +448,12 @@ impl Driver<'_> {
     ) -> Result<Result<UploadResponse, Failure>> {
         let terms = &self.world.terms;
         if request.body.len() > terms.upload_limit_bytes {
-            let message = format!("the request body exceeds the limit of {} bytes", terms.upload_limit_bytes);
-            return Ok(Err(refusal(413, "payload_too_large", &message)));
+            return Ok(Err(refusal(ServiceError::TooLarge(terms.upload_limit_bytes))));
         }
         let layout = self.coordinator.global().layout().clone();
         let update = match pipeline::decode(&request.body, layout, &terms.update) {
             Ok(update) => update,
-            Err(e) => return Ok(Err(refusal(422, "bad_update", &e.to_string()))),
+            Err(e) => return Ok(Err(refusal(ServiceError::BadUpdate(format!("the update: {e}"))))),
         };
         let upload = Upload {
             round: request.round,
@@ -478,12 +478,12 @@ impl Driver<'_> {
                 Ok(Ok(UploadResponse { accepted: true, round_closed }))
             }
             Err(e) => {
-                let (status, code) = status_of(&e);
-                if status == 409 {
+                let e = ServiceError::from(e);
+                if e.refusal() == Refusal::Conflict {
                     self.stale_uploads += 1;
                     self.stale[i] += 1;
                 }
-                Ok(Err(refusal(status, code, &e.to_string())))
+                Ok(Err(refusal(e)))
             }
         }
     }
@@ -553,25 +553,9 @@ impl Driver<'_> {
     }
 }
 
-/// A refusal as the server sends it: status and `{"error", "message"}`.
-fn refusal(status: u16, code: &str, message: &str) -> Failure {
-    let body = ErrorBody { error: code.to_string(), message: message.to_string() };
-    Failure::http(status, &serde_json::to_vec(&body).unwrap_or_default())
-}
-
-/// The server's status and error code for a coordinator's refusal (see `api::error` and `ServiceError::refusal`).
-pub fn status_of(e: &RoundError) -> (u16, &'static str) {
-    match e {
-        RoundError::NotSelected(_) => (403, "not_selected"),
-        RoundError::AlreadyReported(_) => (409, "already_reported"),
-        RoundError::WrongRound { .. } => (409, "wrong_round"),
-        RoundError::WrongModelVersion { .. } => (409, "wrong_model_version"),
-        RoundError::NoOpenRound => (409, "no_open_round"),
-        RoundError::DeadlinePassed(_) => (409, "deadline_passed"),
-        RoundError::BadUpdate(_) => (422, "bad_update"),
-        RoundError::NoExamples => (422, "no_examples"),
-        RoundError::BadPolicy(_) | RoundError::NothingToCommit => (500, "internal"),
-    }
+/// A refusal exactly as `webfl serve` answers it: the service's status and `ErrorBody`.
+fn refusal(e: ServiceError) -> Failure {
+    Failure::http(e.refusal().http_status(), &serde_json::to_vec(&e.body()).unwrap_or_default())
 }
 
 /// The GPU engine for `job`'s model, made on first use. Without a usable GPU the engine runs on
