@@ -13,9 +13,7 @@ use webfl_shared::model::ModelSpec;
 use webfl_shared::rng;
 use webfl_shared::train::TrainPlan;
 
-mod common;
-
-use common::toy_data;
+use webfl_shared::data::toy_two_class as toy_data;
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 

@@ -249,17 +249,7 @@ mod tests {
     use super::*;
     use crate::rng::derive;
 
-    fn toy_data(n: usize) -> Dataset {
-        let mut features = Vec::new();
-        let mut labels = Vec::new();
-        for i in 0..n {
-            let label = (i % 2) as u32;
-            let s = if label == 1 { 1.0 } else { -1.0 };
-            features.extend([s, 0.5 * s, (i % 7) as f32 / 7.0, -s]);
-            labels.push(label);
-        }
-        Dataset { sample_shape: vec![4], classes: 2, class_names: vec!["a".into(), "b".into()], features, labels }
-    }
+    use crate::data::toy_two_class as toy_data;
 
     fn spec() -> ModelSpec {
         ModelSpec::builtin("2nn", &[4], 2).unwrap()

@@ -69,3 +69,18 @@ pub struct Split {
     pub train: Dataset,
     pub test: Dataset,
 }
+
+/// `n` samples of a separable two-class task with 4 features: what the engine's own tests and
+/// the browser tests of the same engine paths (`client/tests`) train on.
+#[doc(hidden)]
+pub fn toy_two_class(n: usize) -> Dataset {
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let label = (i % 2) as u32;
+        let s = if label == 1 { 1.0 } else { -1.0 };
+        features.extend([s, 0.5 * s, (i % 7) as f32 / 7.0, -s]);
+        labels.push(label);
+    }
+    Dataset { sample_shape: vec![4], classes: 2, class_names: vec!["a".into(), "b".into()], features, labels }
+}
