@@ -373,7 +373,7 @@ impl Inner {
 async fn exchange(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
     match net::send(method, url, headers, body).await {
         Ok(reply) if reply.ok() => Ok(reply.body),
-        Ok(reply) => Err(Failure::http(reply.status, &reply.body)),
+        Ok(reply) => Err(Failure::http(reply.status, &reply.body).with_retry_after(reply.retry_after.as_deref())),
         Err(e) => Err(Failure::network(e.to_string())),
     }
 }

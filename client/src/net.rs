@@ -51,6 +51,8 @@ pub fn fill_random(bytes: &mut [u8]) -> Result<(), ClientError> {
 /// A finished HTTP exchange.
 pub struct Reply {
     pub status: u16,
+    /// The `Retry-After` header, when the answer had one.
+    pub retry_after: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -99,7 +101,8 @@ pub async fn send(
     let buffer = JsFuture::from(response.array_buffer().map_err(|e| ClientError::Network(describe(&e)))?)
         .await
         .map_err(|e| ClientError::Network(describe(&e)))?;
-    Ok(Reply { status: response.status(), body: Uint8Array::new(&buffer).to_vec() })
+    let retry_after = response.headers().get("retry-after").ok().flatten();
+    Ok(Reply { status: response.status(), retry_after, body: Uint8Array::new(&buffer).to_vec() })
 }
 
 /// A JS exception as text.

@@ -119,6 +119,9 @@ pub struct TaskConfig {
     pub privacy: PrivacyConfig,
     #[command(flatten)]
     pub simulation: SimulationConfig,
+    /// `webfl serve` only, and not part of the task: changing it keeps the task's history.
+    #[arg(skip)]
+    pub server: ServerConfig,
 }
 
 /// `[rounds]`: how synchronous rounds are run.
@@ -141,6 +144,10 @@ pub struct RoundsConfig {
     /// Seconds a client that cannot be selected now waits before checking in again.
     #[arg(long, default_value_t = 2.0)]
     pub retry_after_secs: f64,
+    /// Largest FedAvg weight (local examples) one update may claim; more is refused
+    /// [default: the size of the task's training data].
+    #[arg(long)]
+    pub max_examples: Option<u64>,
 }
 
 /// `[privacy]`: differential privacy of the task.
@@ -221,6 +228,89 @@ pub struct SimulationConfig {
     /// wgpu engine, one client at a time; falls back to the CPU, saying why, without a GPU).
     #[arg(long, value_enum, default_value_t = SimBackend::Cpu)]
     pub backend: SimBackend,
+}
+
+/// `[server]`: how `webfl serve` guards itself and whom it serves — connections, timeouts, rate
+/// limits, operator access, CORS and which versions the store keeps. Rates are per minute; 0
+/// means unlimited.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Open connections at most (clamped below the process's descriptor limit); beyond it new
+    /// connections are answered `503` with `Retry-After` and closed.
+    pub max_connections: usize,
+    /// Seconds a connection has to send a request's headers; also how long it may sit idle
+    /// between requests.
+    pub header_timeout_secs: f64,
+    /// Seconds a request body has to arrive in full.
+    pub body_timeout_secs: f64,
+    /// New identities one address may register per minute.
+    pub registrations_per_minute: u32,
+    /// Check-ins one client may make per minute (a polling browser makes about 30).
+    pub checkins_per_minute: u32,
+    /// Uploads one client may make per minute.
+    pub uploads_per_minute: u32,
+    /// Check-ins and uploads one address may make per minute, all its clients together (many
+    /// browsers can share an address behind NAT).
+    pub requests_per_minute_per_address: u32,
+    /// A client not seen for this many hours is forgotten (it registers anew if it returns).
+    pub forget_clients_after_hours: f64,
+    /// Bearer token for the operator endpoints (`/api/clients`, `/metrics`); the environment
+    /// variable `WEBFL_OPERATOR_TOKEN` overrides it. Without one they answer only loopback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<String>,
+    /// Other origins (e.g. `https://example.org`) whose pages may call the client API; the
+    /// server's own pages always may.
+    pub cors_origins: Vec<String>,
+    /// The store keeps the last this many model versions ...
+    pub keep_last_versions: u64,
+    /// ... and every version divisible by this (0: no others). Version 0 is always kept.
+    pub keep_every_versions: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            header_timeout_secs: 15.0,
+            body_timeout_secs: 30.0,
+            registrations_per_minute: 60,
+            checkins_per_minute: 120,
+            uploads_per_minute: 20,
+            requests_per_minute_per_address: 12_000,
+            forget_clients_after_hours: 72.0,
+            operator_token: None,
+            cors_origins: Vec::new(),
+            keep_last_versions: 20,
+            keep_every_versions: 50,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.max_connections > 0, "server.max_connections must be at least 1");
+        for (what, secs) in [
+            ("server.header_timeout_secs", self.header_timeout_secs),
+            ("server.body_timeout_secs", self.body_timeout_secs),
+            ("server.forget_clients_after_hours", self.forget_clients_after_hours),
+        ] {
+            anyhow::ensure!(secs.is_finite() && secs > 0.0, "{what} must be a positive number");
+        }
+        anyhow::ensure!(self.keep_last_versions >= 1, "server.keep_last_versions must be at least 1");
+        for origin in &self.cors_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.trim_end_matches('/').contains(['*', ' '])
+                && origin.matches('/').count() == 2;
+            anyhow::ensure!(ok, "server.cors_origins: {origin:?} is not an origin like \"https://example.org\"");
+        }
+        Ok(())
+    }
+
+    /// The operator token: `WEBFL_OPERATOR_TOKEN`, else the task file's.
+    pub fn operator_token(&self) -> Option<String> {
+        std::env::var("WEBFL_OPERATOR_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| self.operator_token.clone())
+    }
 }
 
 /// The training engine of `webfl simulate`.
@@ -337,6 +427,16 @@ fn merge(base: &mut Value, file: Value) {
 }
 
 impl TaskConfig {
+    /// The settings that define the task, as the store keeps them: everything but `[server]`,
+    /// which can change between runs (and holds the operator's secret).
+    pub fn identity_json(&self) -> Result<String> {
+        let mut value = serde_json::to_value(self)?;
+        if let Some(table) = value.as_object_mut() {
+            table.remove("server");
+        }
+        Ok(value.to_string())
+    }
+
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("in task file {}", path.display()))
@@ -410,10 +510,11 @@ impl TaskConfig {
     /// `privacy.population` and `privacy.max_rounds` where they matter, see [`Self::setup`]).
     pub fn validate(&self) -> Result<()> {
         self.plan.validate()?;
-        self.policy()?.validate()?;
+        self.policy(1)?.validate()?;
         let mut strategy = self.strategy.clone();
         strategy.central_dp = self.simulation_pipeline()?.1;
         strategy.validate()?;
+        self.server.validate()?;
         let s = &self.simulation;
         anyhow::ensure!(s.clients > 0, "simulation.clients (--clients) must be at least 1");
         anyhow::ensure!(s.rounds > 0, "simulation.rounds (--rounds) must be at least 1");
@@ -435,7 +536,9 @@ impl TaskConfig {
         Ok(())
     }
 
-    pub fn policy(&self) -> Result<RoundPolicy> {
+    /// The round policy; `train_examples` (the task's training data) is the default cap on the
+    /// examples one update may claim.
+    pub fn policy(&self, train_examples: u64) -> Result<RoundPolicy> {
         let ms = |secs: f64, what: &str| -> Result<u64> {
             anyhow::ensure!(secs.is_finite() && secs > 0.0, "{what} must be a positive number of seconds");
             Ok((secs * 1000.0).round() as u64)
@@ -446,6 +549,7 @@ impl TaskConfig {
             min_reports: self.rounds.min_reports,
             deadline_ms: ms(self.rounds.deadline_secs, "rounds.deadline_secs")?,
             retry_after_ms: ms(self.rounds.retry_after_secs, "rounds.retry_after_secs")?,
+            max_examples: self.rounds.max_examples.unwrap_or(train_examples.max(1)),
         })
     }
 
@@ -541,7 +645,7 @@ impl TaskConfig {
     /// Loads the data and the model and builds what the HTTP layer serves. Only the held-out
     /// split stays on the server: training data lives on the clients.
     pub fn setup(&self) -> Result<TaskSetup> {
-        let test = self.load_data()?.test;
+        let Split { train, test } = self.load_data()?;
         // MNIST is public: demo clients take their partition of its training split from the
         // server. A CSV task's data is the operator's own and is not served.
         let demo_data = (self.dataset == "mnist").then(datasets::mnist_path);
@@ -560,7 +664,7 @@ impl TaskConfig {
             name: self.name.clone(),
             spec,
             plan: self.plan.clone(),
-            policy: self.policy()?,
+            policy: self.policy(train.len() as u64)?,
             strategy,
             test,
             initial,
@@ -569,6 +673,7 @@ impl TaskConfig {
             demo_data,
             update,
             privacy,
+            server: self.server.clone(),
         })
     }
 }
@@ -633,7 +738,8 @@ mod tests {
         assert_eq!((cfg.plan.epochs, cfg.plan.batch_size, cfg.plan.lr), (2, 20, 0.1));
         assert_eq!(cfg.strategy.kind, StrategyKind::FedAdam);
         assert_eq!(cfg.simulation.clients, 7);
-        let policy = cfg.policy().unwrap();
+        let policy = cfg.policy(60_000).unwrap();
+        assert_eq!(policy.max_examples, 60_000);
         assert_eq!((policy.target_reports, policy.min_reports, policy.deadline_ms), (10, 5, 30_000));
         assert_eq!(policy.over_selection, 1.3);
     }

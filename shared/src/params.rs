@@ -195,6 +195,22 @@ impl Params {
         self.data.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
     }
 
+    /// The largest |value|; NaN when any value is NaN (so `max_abs() <= bound` fails for it).
+    pub fn max_abs(&self) -> f32 {
+        // Lane-wise maxima vectorise; a NaN lane poisons the result instead of being skipped.
+        let mut lanes = [0.0f32; 8];
+        let mut chunks = self.data.chunks_exact(8);
+        for chunk in &mut chunks {
+            for (m, &v) in lanes.iter_mut().zip(chunk) {
+                let a = v.abs();
+                *m = if a > *m || a.is_nan() { a } else { *m };
+            }
+        }
+        let fold = |m: f32, a: f32| if m.is_nan() || a.is_nan() { f32::NAN } else { m.max(a) };
+        let rest = chunks.remainder().iter().map(|v| v.abs()).fold(0.0f32, fold);
+        lanes.into_iter().fold(rest, fold)
+    }
+
     pub fn all_finite(&self) -> bool {
         self.data.iter().all(|v| v.is_finite())
     }
@@ -272,6 +288,23 @@ fn read_f32_tensor(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn max_abs_sees_every_value_and_nan() {
+        let layout = std::sync::Arc::new(super::Layout::new(vec![super::TensorSpec::new("w", vec![11])]).unwrap());
+        let mut v = vec![0.5f32; 11];
+        for at in [0, 7, 8, 10] {
+            v[at] = -3.0;
+            let p = super::Params::from_vec(layout.clone(), v.clone()).unwrap();
+            assert_eq!(p.max_abs(), 3.0);
+            v[at] = f32::NAN;
+            let p = super::Params::from_vec(layout.clone(), v.clone()).unwrap();
+            assert!(p.max_abs().is_nan(), "NaN at {at}");
+            v[at] = 0.5;
+        }
+        v[3] = f32::NEG_INFINITY;
+        assert_eq!(super::Params::from_vec(layout, v).unwrap().max_abs(), f32::INFINITY);
+    }
+
     use super::*;
 
     fn layout() -> Arc<Layout> {

@@ -1,8 +1,11 @@
 //! Extractors that turn a request into a service call. Their rejection is [`ServiceError`], so
 //! a malformed request gets the same JSON refusal as any other, and handlers stay a few lines.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, Limited};
 use webfl_shared::protocol::{CheckInRequest, header as h};
@@ -19,16 +22,24 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, ServiceError> {
+/// The peer's address, when the server recorded one (`webfl serve` does; in-process tests don't).
+fn peer(parts_extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    parts_extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// Reads the whole body within the server's body deadline, refusing more than `limit` bytes
+/// with 413 and a body still arriving at the deadline with 408.
+async fn read_body(req: Request, limit: usize, service: &Service) -> Result<Bytes, ServiceError> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ServiceError::TooLarge(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ServiceError::TooLarge(limit)),
-        Err(e) => Err(ServiceError::bad_request("bad_body", format!("the body could not be read: {e}"))),
+    let deadline = service.body_timeout();
+    match tokio::time::timeout(deadline, Limited::new(req.into_body(), limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ServiceError::TooLarge(limit)),
+        Ok(Err(e)) => Err(ServiceError::bad_request("bad_body", format!("the body could not be read: {e}"))),
+        Err(_) => Err(ServiceError::BodyTimeout(deadline.as_secs_f64())),
     }
 }
 
@@ -59,25 +70,52 @@ impl<S: Send + Sync> FromRequestParts<S> for Number {
     }
 }
 
-/// `POST /api/v1/checkin`: an empty body is a first check-in.
+/// `POST /api/v1/checkin`: a JSON object (`{}` for a first check-in) sent as
+/// `application/json` — which a page on another origin cannot send without the server's CORS
+/// consent, unlike an empty or `text/plain` POST.
 pub struct CheckIn(pub CheckInCall);
 
 impl FromRequest<Service> for CheckIn {
     type Rejection = ServiceError;
 
-    async fn from_request(req: Request, _: &Service) -> Result<Self, ServiceError> {
+    async fn from_request(req: Request, service: &Service) -> Result<Self, ServiceError> {
         let token = bearer(req.headers());
-        let body = read_body(req, CHECKIN_LIMIT_BYTES).await?;
-        let request: CheckInRequest = if body.iter().all(u8::is_ascii_whitespace) {
-            CheckInRequest::default()
-        } else {
-            serde_json::from_slice(&body)
-                .map_err(|e| ServiceError::bad_request("bad_json", format!("check-in body: {e}")))?
-        };
+        let peer = peer(req.extensions());
+        let json =
+            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !json {
+            return Err(ServiceError::bad_request(
+                "bad_content_type",
+                "a check-in is a JSON object sent with `Content-Type: application/json` (`{}` for a first one)",
+            ));
+        }
+        let body = read_body(req, CHECKIN_LIMIT_BYTES, service).await?;
+        // serde would also read a JSON array as the struct's fields in order; only an object is
+        // a check-in.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ServiceError::bad_request("bad_json", "a check-in is a JSON object (`{}` for a first one)"));
+        }
+        let request: CheckInRequest = serde_json::from_slice(&body)
+            .map_err(|e| ServiceError::bad_request("bad_json", format!("check-in body: {e}")))?;
         if request.client_id.is_some() && token.is_none() {
             return Err(ServiceError::Unauthorized("missing `Authorization: Bearer <token>`".into()));
         }
-        Ok(CheckIn(CheckInCall { client_id: request.client_id, token, wait_ms: request.wait_ms.unwrap_or(0) }))
+        Ok(CheckIn(CheckInCall { client_id: request.client_id, token, wait_ms: request.wait_ms.unwrap_or(0), peer }))
+    }
+}
+
+/// An operator request: admitted with the operator token (or from this machine when the server
+/// has none), refused otherwise.
+pub struct Operator;
+
+impl FromRequestParts<Service> for Operator {
+    type Rejection = ServiceError;
+
+    async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ServiceError> {
+        service.authorize_operator(bearer(&parts.headers).as_deref(), peer(&parts.extensions))?;
+        Ok(Operator)
     }
 }
 
@@ -90,6 +128,7 @@ impl FromRequest<Service> for UpdateUpload {
 
     async fn from_request(req: Request, service: &Service) -> Result<Self, ServiceError> {
         let (mut parts, body) = req.into_parts();
+        let peer = peer(&parts.extensions);
         let Number(round) = Number::from_request_parts(&mut parts, service)
             .await
             .map_err(|_| ServiceError::bad_request("bad_request", "the round must be an unsigned integer"))?;
@@ -103,7 +142,7 @@ impl FromRequest<Service> for UpdateUpload {
         }
         let content_type =
             headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        let body = read_body(Request::from_parts(parts, body), service.upload_limit_bytes()).await;
-        Ok(UpdateUpload(UploadCall { round, client_id, token, model_version, examples, content_type, body }))
+        let body = read_body(Request::from_parts(parts, body), service.upload_limit_bytes(), service).await;
+        Ok(UpdateUpload(UploadCall { round, client_id, token, model_version, examples, content_type, body, peer }))
     }
 }

@@ -3,15 +3,15 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use webfl_shared::protocol::{
-    CheckInRequest, CheckInResponse, ClientRecord, ErrorBody, RoundRecord, SAFETENSORS_CONTENT_TYPE, Status, TaskInfo,
+    CheckInRequest, CheckInResponse, ClientsPage, ErrorBody, RoundRecord, SAFETENSORS_CONTENT_TYPE, Status, TaskInfo,
     UploadResponse,
 };
 
-use super::extract::{CheckIn, Number, UpdateUpload};
+use super::extract::{CheckIn, Number, Operator, UpdateUpload};
 use crate::service::{Service, ServiceError};
 
 /// The task: what a client needs before it checks in.
@@ -41,8 +41,8 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 /// Check in: get an assignment for the open round, or when to come back.
 ///
-/// A first check-in sends no `client_id` (an empty body is fine) and receives a fresh
-/// `client_id` and `token`; later ones send `client_id` with `Authorization: Bearer <token>`.
+/// A first check-in sends `{}` (no `client_id`) and receives a fresh `client_id` and `token`;
+/// later ones send `client_id` with `Authorization: Bearer <token>`.
 /// Checking in again while selected returns the same assignment.
 #[utoipa::path(
     post,
@@ -51,20 +51,25 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     request_body(
         content = CheckInRequest,
         content_type = "application/json",
-        description = "Empty or `{}` for a first check-in; later ones send `client_id`. At most 64 KiB."
+        description = "A JSON object: `{}` for a first check-in; later ones send `client_id`. At most 64 KiB."
     ),
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "`assigned` (train and upload before the deadline) or `retry` (come back after \
                                       `retry_after_ms`); both carry the client's `client_id` and `token`.",
          body = CheckInResponse),
-        (status = 400, description = "`bad_json`: the body is not a check-in request; `bad_body`: the body could \
-                                      not be read.", body = ErrorBody),
+        (status = 400, description = "`bad_json`: the body is not a check-in request (a JSON object); \
+                                      `bad_content_type`: not `application/json`; `bad_body`: the body could not \
+                                      be read.", body = ErrorBody),
         (status = 401, description = "`unauthorized`: a `client_id` without a bearer token, or an unknown \
                                       `client_id` (check in anew without one).", body = ErrorBody,
          headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "`forbidden`: the token is not this client's.", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time.", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body exceeds 64 KiB.", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many registrations from this address, or check-ins \
+                                      from this client or address; come back after `Retry-After` seconds.",
+         body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
         (status = 500, description = "`internal`: the server could not record the client.", body = ErrorBody),
     )
 )]
@@ -88,12 +93,13 @@ pub async fn checkin(
          content_type = "application/octet-stream",
          headers(("Cache-Control" = String, description = "`public, max-age=31536000, immutable`"))),
         (status = 400, description = "`bad_request`: the version is not an unsigned integer.", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such version (yet).", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such version (yet), or one the store no longer keeps.",
+         body = ErrorBody),
         (status = 500, description = "`internal`: the server could not read its store.", body = ErrorBody),
     )
 )]
 pub async fn model(State(service): State<Service>, Number(version): Number) -> Result<Response, ServiceError> {
-    let bytes = service.model(version)?;
+    let bytes = service.model(version).await?;
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(SAFETENSORS_CONTENT_TYPE)),
         // A committed version never changes.
@@ -115,7 +121,7 @@ pub async fn model(State(service): State<Service>, Number(version): Number) -> R
         ("X-Webfl-Client" = String, Header, description = "The uploading client's `client_id`."),
         ("X-Webfl-Model-Version" = u64, Header, description = "The model version the update was trained from."),
         ("X-Webfl-Examples" = u64, Header, minimum = 1,
-         description = "Local examples trained on: the update's FedAvg weight."),
+         description = "Local examples trained on: the update's FedAvg weight (at most the task's `max_examples`)."),
     ),
     request_body(
         content(
@@ -142,11 +148,18 @@ pub async fn model(State(service): State<Service>, Number(version): Number) -> R
                                       the current version; `already_reported`: this client's update for the round \
                                       is in; `no_open_round`: no round is taking updates; `deadline_passed`: the \
                                       round's deadline has passed.", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time.", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body exceeds `upload_limit_bytes`.",
          body = ErrorBody),
         (status = 422, description = "`bad_update`: not this model's tensor names, shapes or dtype, not safetensors, \
-                                      or non-finite values; `no_examples`: `X-Webfl-Examples` is 0.",
+                                      non-finite values, or not within the task's codec or clip bound; \
+                                      `no_examples`: `X-Webfl-Examples` is 0; `too_many_examples`: more than the \
+                                      task's `max_examples`; `out_of_range`: values that would take the model out \
+                                      of the f32 range.",
          body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many uploads from this client or address; come back \
+                                      after `Retry-After` seconds.",
+         body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
 )]
 pub async fn upload(
@@ -180,19 +193,43 @@ pub async fn rounds(State(service): State<Service>) -> Json<Vec<RoundRecord>> {
     Json(service.history())
 }
 
-/// Health of every known client: last seen, rounds completed, failures, last round trip.
+/// Where a page of clients starts and how long it is.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClientsQuery {
+    /// `next_after` of the previous page; absent for the first page.
+    after: Option<String>,
+    /// Clients per page, 1 to 1000 [default: 100].
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Health of the known clients, a page at a time: last seen, rounds completed, failures, last
+/// round trip. Operator only.
 #[utoipa::path(
     get,
     path = "/api/clients",
     tag = "operator",
+    params(ClientsQuery),
+    security(("operator" = [])),
     responses(
-        (status = 200, description = "Known clients, most recently seen first.",
-         body = Vec<ClientRecord>),
+        (status = 200, description = "A page of clients, most recently seen first.", body = ClientsPage),
+        (status = 400, description = "`bad_request`: `after` is not a cursor, or `limit` not a number.",
+         body = ErrorBody),
+        (status = 401, description = "`unauthorized`: the server has an operator token and the request none.",
+         body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: a wrong operator token, or (without one on the server) a \
+                                      request from another machine.", body = ErrorBody),
         (status = 500, description = "`internal`: the server could not read its store.", body = ErrorBody),
     )
 )]
-pub async fn clients(State(service): State<Service>) -> Result<Json<Vec<ClientRecord>>, ServiceError> {
-    service.clients().map(Json)
+pub async fn clients(
+    State(service): State<Service>,
+    _: Operator,
+    query: Result<Query<ClientsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ClientsPage>, ServiceError> {
+    let Query(q) = query.map_err(|e| ServiceError::bad_request("bad_request", e.body_text()))?;
+    service.clients(q.after, q.limit).await.map(Json)
 }
 
 /// Prometheus metrics.
@@ -204,10 +241,17 @@ pub async fn clients(State(service): State<Service>) -> Result<Json<Vec<ClientRe
     get,
     path = "/metrics",
     tag = "operator",
-    responses((status = 200, description = "Prometheus text exposition format.", body = String,
-               content_type = "text/plain; version=0.0.4"))
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format.", body = String,
+         content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "`unauthorized`: the server has an operator token and the request none.",
+         body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: a wrong operator token, or (without one on the server) a \
+                                      request from another machine.", body = ErrorBody),
+    )
 )]
-pub async fn metrics(State(service): State<Service>) -> Response {
+pub async fn metrics(State(service): State<Service>, _: Operator) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], service.metrics_text())
         .into_response()
 }

@@ -7,11 +7,10 @@
 //! [`webfl_shared::protocol`] (built with its `openapi` feature). The tests below check the
 //! document against the error table of `docs/protocol.md`.
 
-use utoipa::openapi::Required;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use webfl_shared::protocol::{
-    self as proto, ClientRecord, PrivacyStatus, RoundOutcome, RoundRecord, Status, WaitReason,
+    self as proto, ClientRecord, ClientsPage, PrivacyStatus, RoundOutcome, RoundRecord, Status, WaitReason,
 };
 use webfl_shared::train::TrainPlan;
 
@@ -42,19 +41,14 @@ impl Modify for BearerAuth {
             ))
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
-    }
-}
-
-/// An empty check-in body is a first check-in, so the body is optional (utoipa marks a
-/// non-`Option` body required). Applied once the router has added the operations.
-pub(super) struct OptionalCheckInBody;
-
-impl Modify for OptionalCheckInBody {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let checkin = openapi.paths.paths.get_mut("/api/v1/checkin").and_then(|item| item.post.as_mut());
-        if let Some(body) = checkin.and_then(|op| op.request_body.as_mut()) {
-            body.required = Some(Required::False);
-        }
+        let operator = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The operator token (`[server] operator_token` or `WEBFL_OPERATOR_TOKEN`); a server without one \
+                 answers operator requests from its own machine only.",
+            ))
+            .build();
+        components.add_security_scheme("operator", SecurityScheme::Http(operator));
     }
 }
 
@@ -84,6 +78,7 @@ impl Modify for OptionalCheckInBody {
         RoundRecord,
         RoundOutcome,
         ClientRecord,
+        ClientsPage,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -155,6 +150,7 @@ mod tests {
             "bytes_down_total",
             "compression",
             "privacy",
+            "store_bytes",
         ];
         assert_eq!(status, want.into_iter().collect());
 
@@ -229,13 +225,16 @@ mod tests {
     fn every_operation_has_its_documented_responses() {
         let want: BTreeMap<(&str, &str), &[&str]> = BTreeMap::from([
             (("get", "/api/v1/task"), &["200"][..]),
-            (("post", "/api/v1/checkin"), &["200", "400", "401", "403", "413", "500"][..]),
+            (("post", "/api/v1/checkin"), &["200", "400", "401", "403", "408", "413", "429", "500"][..]),
             (("get", "/api/v1/models/{version}"), &["200", "400", "404", "500"][..]),
-            (("post", "/api/v1/rounds/{round}/update"), &["202", "400", "401", "403", "409", "413", "422"][..]),
+            (
+                ("post", "/api/v1/rounds/{round}/update"),
+                &["202", "400", "401", "403", "408", "409", "413", "422", "429"][..],
+            ),
             (("get", "/api/status"), &["200"][..]),
             (("get", "/api/rounds"), &["200"][..]),
-            (("get", "/api/clients"), &["200", "500"][..]),
-            (("get", "/metrics"), &["200"][..]),
+            (("get", "/api/clients"), &["200", "400", "401", "403", "500"][..]),
+            (("get", "/metrics"), &["200", "401", "403"][..]),
             (("get", "/api/openapi.json"), &["200"][..]),
         ]);
         let doc = json();
@@ -284,10 +283,10 @@ mod tests {
             "#/components/schemas/UploadResponse"
         );
         assert!(upload["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
-        // Check-in works with or without a token, and with an empty body.
+        // Check-in works with or without a token, always with a JSON body (`{}` at first).
         let checkin = &doc["paths"]["/api/v1/checkin"]["post"];
         assert_eq!(checkin["security"], serde_json::json!([{}, {"bearer": []}]));
-        assert_eq!(checkin["requestBody"]["required"], false, "{checkin}");
+        assert_eq!(checkin["requestBody"]["required"], true, "{checkin}");
         let schema = &checkin["requestBody"]["content"]["application/json"]["schema"]["$ref"];
         assert_eq!(schema, "#/components/schemas/CheckInRequest");
         let model = &doc["paths"]["/api/v1/models/{version}"]["get"]["responses"]["200"];
@@ -321,6 +320,7 @@ mod tests {
                 min_reports: 2,
                 deadline_ms: 60_000,
                 retry_after_ms: 100,
+                max_examples: 1000,
             },
             strategy: StrategyConfig::new(StrategyKind::FedAvg),
             test,
@@ -330,6 +330,7 @@ mod tests {
             demo_data: None,
             update: Default::default(),
             privacy: None,
+            server: Default::default(),
         }
     }
 

@@ -95,6 +95,20 @@ impl Registry {
         c.assigned.take().map(|(_, at)| now_ms.saturating_sub(at))
     }
 
+    /// Drops the clients the store has just forgotten (`ids`) unless this process has seen
+    /// them since `seen_since_ms`; returns how many it dropped.
+    pub fn forget(&mut self, ids: &[String], seen_since_ms: u64) -> usize {
+        let before = self.clients.len();
+        for id in ids {
+            let recent =
+                self.clients.get(id).is_some_and(|c| c.persisted_at_ms.is_some() && c.last_seen_ms >= seen_since_ms);
+            if !recent {
+                self.clients.remove(id);
+            }
+        }
+        before - self.clients.len()
+    }
+
     pub fn connected(&self, now_ms: u64) -> usize {
         self.clients.values().filter(|c| now_ms.saturating_sub(c.last_seen_ms) <= CONNECTED_WINDOW_MS).count()
     }
@@ -106,7 +120,7 @@ fn token_hash(token: &str) -> String {
 }
 
 /// Compares without an early exit, so response timing does not reveal a token's prefix.
-fn same_token(a: &str, b: &str) -> bool {
+pub(super) fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -33,14 +33,19 @@ pub(super) async fn settle(service: &Service, settled: Settled) -> bool {
                 clipped: 0,
                 update_norm: None,
             };
-            let mut state = service.lock();
-            state.metrics.rounds_abandoned += 1;
-            record.bytes_up = std::mem::take(&mut state.metrics.bytes_up_this_round);
-            record.bytes_down = std::mem::take(&mut state.metrics.bytes_down_this_round);
-            if let Err(e) = state.store.record_abandoned(&record) {
-                tracing::warn!(round, error = %e, "recording an abandoned round failed");
+            {
+                let mut state = service.lock();
+                state.metrics.rounds_abandoned += 1;
+                record.bytes_up = std::mem::take(&mut state.metrics.bytes_up_this_round);
+                record.bytes_down = std::mem::take(&mut state.metrics.bytes_down_this_round);
             }
-            state.history.push(record);
+            let stored = record.clone();
+            match service.on_store(move |store| store.record_abandoned(&stored)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(round, error = %e, "recording an abandoned round failed"),
+                Err(e) => tracing::warn!(round, error = %e, "recording an abandoned round failed"),
+            }
+            service.lock().history.push(record);
             false
         }
         Settled::Closed(pending) => commit_version(service, pending).await,
@@ -92,34 +97,87 @@ async fn commit_version(service: &Service, pending: Box<PendingCommit>) -> bool 
     };
     let eval_ms = eval_started.elapsed().as_millis() as u64;
     let store_started = Instant::now();
-    let mut state = service.lock();
-    record.bytes_up = std::mem::take(&mut state.metrics.bytes_up_this_round);
-    record.bytes_down = std::mem::take(&mut state.metrics.bytes_down_this_round);
-    state.metrics.bytes_up_total += record.bytes_up;
-    // The optimizer state after this round's step is part of the commit; the coordinator's
-    // strategy has already taken that step when it produced the pending version.
-    let optimizer = state.coordinator.optimizer_state();
-    let stored = bytes
-        .map_err(anyhow::Error::from)
-        .and_then(|b| state.store.commit(version, Arc::new(b), &record, &optimizer).map_err(anyhow::Error::from))
-        .and_then(|()| state.coordinator.commit(*pending).map_err(anyhow::Error::from));
-    let committed = match stored {
-        Ok(()) => {
-            let store_ms = store_started.elapsed().as_millis() as u64;
-            tracing::info!(round, version, reports, selected, ?test_accuracy, eval_ms, store_ms, "new model version");
-            true
-        }
-        Err(e) => {
-            tracing::error!(round, version, error = %e, "storing the new version failed; round discarded");
-            if let Err(e) = state.coordinator.abort_commit() {
-                tracing::error!(error = %e, "undoing the server optimizer step failed");
-            }
-            record.version = None;
-            record.update_norm = None;
-            record.outcome = RoundOutcome::StoreFailed;
-            false
-        }
+    let optimizer = {
+        let mut state = service.lock();
+        record.bytes_up = std::mem::take(&mut state.metrics.bytes_up_this_round);
+        record.bytes_down = std::mem::take(&mut state.metrics.bytes_down_this_round);
+        state.metrics.bytes_up_total += record.bytes_up;
+        // The optimizer state after this round's step is part of the commit; the coordinator's
+        // strategy has already taken that step when it produced the pending version. While it
+        // is committing, the coordinator hands out nothing, so the state lock can be let go.
+        state.coordinator.optimizer_state()
     };
-    state.history.push(record);
+    // Durable before announced: the store's commit returns once the transaction is on disk.
+    let to_store = record.clone();
+    let stored = match bytes {
+        Ok(b) => {
+            let b = Arc::new(b);
+            let kept = b.clone();
+            service
+                .on_store(move |store| store.commit(version, kept, &to_store, &optimizer))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from))
+                .map(|()| b)
+        }
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
+    let committed = {
+        let mut state = service.lock();
+        let committed =
+            match stored.and_then(|b| state.coordinator.commit(*pending).map(|()| b).map_err(anyhow::Error::from)) {
+                Ok(bytes) => {
+                    state.current_model = bytes;
+                    let store_ms = store_started.elapsed().as_millis() as u64;
+                    tracing::info!(
+                        round,
+                        version,
+                        reports,
+                        selected,
+                        ?test_accuracy,
+                        eval_ms,
+                        store_ms,
+                        "new model version"
+                    );
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(round, version, error = %e, "storing the new version failed; round discarded");
+                    if let Err(e) = state.coordinator.abort_commit() {
+                        tracing::error!(error = %e, "undoing the server optimizer step failed");
+                    }
+                    record.version = None;
+                    record.update_norm = None;
+                    record.outcome = RoundOutcome::StoreFailed;
+                    false
+                }
+            };
+        state.history.push(record);
+        committed
+    };
+    if committed {
+        prune(service).await;
+    }
     committed
+}
+
+/// Deletes the versions the retention policy no longer keeps, and measures the store.
+async fn prune(service: &Service) {
+    let keep = service.task.retention;
+    let pruned = service
+        .on_store(move |store| {
+            let deleted = store.prune_versions(&keep)?;
+            Ok::<_, crate::store::StoreError>((deleted, store.size_bytes()?))
+        })
+        .await;
+    match pruned {
+        Ok(Ok((deleted, bytes))) => {
+            if deleted > 0 {
+                tracing::debug!(deleted, store_bytes = bytes, "pruned model versions");
+            }
+            service.lock().store_bytes = bytes;
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "pruning old model versions failed"),
+        Err(e) => tracing::warn!(error = %e, "pruning old model versions failed"),
+    }
 }

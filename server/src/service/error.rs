@@ -15,10 +15,14 @@ pub enum Refusal {
     NotFound,
     /// Does not fit the open round (409).
     Conflict,
+    /// A body that did not arrive in time (408).
+    TimedOut,
     /// Body over the limit (413).
     TooLarge,
     /// Well-formed but not an acceptable update (422).
     Unprocessable,
+    /// Over a rate limit (429, with `Retry-After`).
+    TooManyRequests,
     /// The server's own failure (500).
     Internal,
 }
@@ -33,8 +37,10 @@ impl Refusal {
             Refusal::Forbidden => 403,
             Refusal::NotFound => 404,
             Refusal::Conflict => 409,
+            Refusal::TimedOut => 408,
             Refusal::TooLarge => 413,
             Refusal::Unprocessable => 422,
+            Refusal::TooManyRequests => 429,
             Refusal::Internal => 500,
         }
     }
@@ -52,10 +58,14 @@ pub enum ServiceError {
     NotFound(String),
     #[error("the request body exceeds the limit of {0} bytes")]
     TooLarge(usize),
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(f64),
     #[error("{0}")]
     BadUpdate(String),
     #[error(transparent)]
     Round(#[from] RoundError),
+    #[error("{message}")]
+    RateLimited { retry_after_ms: u64, message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -77,6 +87,7 @@ impl ServiceError {
             ServiceError::Forbidden(_) => Refusal::Forbidden,
             ServiceError::NotFound(_) => Refusal::NotFound,
             ServiceError::TooLarge(_) => Refusal::TooLarge,
+            ServiceError::BodyTimeout(_) => Refusal::TimedOut,
             ServiceError::BadUpdate(_) => Refusal::Unprocessable,
             ServiceError::Round(e) => match e {
                 RoundError::NotSelected(_) => Refusal::Forbidden,
@@ -85,9 +96,13 @@ impl ServiceError {
                 | RoundError::WrongModelVersion { .. }
                 | RoundError::NoOpenRound
                 | RoundError::DeadlinePassed(_) => Refusal::Conflict,
-                RoundError::BadUpdate(_) | RoundError::NoExamples => Refusal::Unprocessable,
+                RoundError::BadUpdate(_)
+                | RoundError::NoExamples
+                | RoundError::TooManyExamples { .. }
+                | RoundError::OutOfRange { .. } => Refusal::Unprocessable,
                 RoundError::BadPolicy(_) | RoundError::NothingToCommit => Refusal::Internal,
             },
+            ServiceError::RateLimited { .. } => Refusal::TooManyRequests,
             ServiceError::Internal(_) => Refusal::Internal,
         }
     }
@@ -100,6 +115,7 @@ impl ServiceError {
             ServiceError::Forbidden(_) => "forbidden",
             ServiceError::NotFound(_) => "not_found",
             ServiceError::TooLarge(_) => "payload_too_large",
+            ServiceError::BodyTimeout(_) => "body_timeout",
             ServiceError::BadUpdate(_) => "bad_update",
             ServiceError::Round(e) => match e {
                 RoundError::BadPolicy(_) | RoundError::NothingToCommit => "internal",
@@ -110,8 +126,11 @@ impl ServiceError {
                 RoundError::AlreadyReported(_) => "already_reported",
                 RoundError::DeadlinePassed(_) => "deadline_passed",
                 RoundError::NoExamples => "no_examples",
+                RoundError::TooManyExamples { .. } => "too_many_examples",
+                RoundError::OutOfRange { .. } => "out_of_range",
                 RoundError::BadUpdate(_) => "bad_update",
             },
+            ServiceError::RateLimited { .. } => "rate_limited",
             ServiceError::Internal(_) => "internal",
         }
     }

@@ -2,16 +2,22 @@
 //! the evaluation of new versions, and knows no HTTP types. The API layer (`crate::api`) turns
 //! requests into calls here and [`ServiceError`]s into JSON refusals.
 //!
-//! Concurrency: the state lock is a `std::sync::Mutex` never held across an `.await`. A round's
-//! commit sequence (evaluate → store → announce) runs in a task of its own ([`commit`]), never
-//! inside a request future, so a client that hangs up cannot stop it. Check-ins long-poll: a
-//! client that would be told to wait is held until the coordinator's state changes.
+//! Concurrency: two `std::sync::Mutex`es, never held across an `.await` and never one inside the
+//! other: the state lock (coordinator, clients, metrics; held for microseconds) and the store
+//! lock (database I/O, taken on blocking threads). Requests never wait on the disk: the current
+//! model is served from memory, client bookkeeping is queued and written in one transaction per
+//! tick, and a round's commit sequence (evaluate → store → announce) runs in a task of its own
+//! ([`commit`]), never inside a request future, so a client that hangs up cannot stop it.
+//! Check-ins long-poll: a client that would be told to wait is held until the coordinator's
+//! state changes.
 
 mod clients;
 mod commit;
 mod error;
+mod limits;
 mod metrics;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,19 +32,25 @@ use webfl_shared::params::Params;
 use webfl_shared::pipeline::{self, UpdateSpec};
 use webfl_shared::privacy::PrivacyBudget;
 use webfl_shared::protocol::{
-    AssignmentTerms, CheckInResponse, ClientRecord, DatasetInfo, MAX_CHECK_IN_WAIT_MS, PROTOCOL_VERSION, RoundRecord,
+    AssignmentTerms, CheckInResponse, ClientsPage, DatasetInfo, MAX_CHECK_IN_WAIT_MS, PROTOCOL_VERSION, RoundRecord,
     Status, TaskInfo, UPDATE_CONTENT_TYPE, UploadResponse,
 };
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 
-use crate::store::{MemoryStore, TaskStore, unix_ms};
+use crate::config::ServerConfig;
+use crate::store::{ClientCursor, ClientEvent, MemoryStore, Retention, TaskStore, unix_ms};
 use clients::Registry;
 pub use error::{Refusal, ServiceError};
+use limits::{Kind, Limits};
 use metrics::{Gauges, Metrics};
 
-/// How often the deadline ticker runs.
+/// How often the ticker applies deadlines and writes queued client bookkeeping.
 const TICK_EVERY: Duration = Duration::from_millis(250);
+/// How often forgotten clients and idle rate-limit state are swept.
+const SWEEP_EVERY_MS: u64 = 60_000;
+/// The most clients one `GET /api/clients` page holds.
+pub const MAX_CLIENTS_PAGE: usize = 1000;
 
 /// Everything a task needs to be served.
 pub struct TaskSetup {
@@ -61,6 +73,8 @@ pub struct TaskSetup {
     pub update: UpdateSpec,
     /// Differential privacy accounting, when the task is private.
     pub privacy: Option<PrivacyBudget>,
+    /// Rate limits, operator access, client expiry and version retention (`[server]`).
+    pub server: ServerConfig,
 }
 
 /// Milliseconds on a monotonic clock; swappable so tests can move time.
@@ -75,14 +89,26 @@ struct Task {
     demo_data: Option<PathBuf>,
     /// What every assignment carries (plan, model, update spec, upload limit).
     terms: AssignmentTerms,
+    limits: Limits,
+    /// Bearer token of the operator endpoints; without one they answer loopback only.
+    operator_token: Option<String>,
+    retention: Retention,
+    forget_clients_after_ms: u64,
+    body_timeout: Duration,
+    server: ServerConfig,
 }
 
 struct State {
     coordinator: Box<dyn Coordinator>,
     clients: Registry,
-    store: Box<dyn TaskStore>,
+    /// The current version's safetensors bytes: downloads of it never touch the store.
+    current_model: Arc<Vec<u8>>,
+    /// Client bookkeeping waiting for the next batched write.
+    client_events: Vec<ClientEvent>,
     history: Vec<RoundRecord>,
     metrics: Metrics,
+    store_bytes: u64,
+    last_sweep_ms: u64,
 }
 
 /// A check-in as the API received it.
@@ -93,6 +119,8 @@ pub struct CheckInCall {
     pub token: Option<String>,
     /// How long the client will wait for an assignment (capped at 20 s).
     pub wait_ms: u64,
+    /// The caller's address (absent for in-process calls), for per-address limits.
+    pub peer: Option<IpAddr>,
 }
 
 /// An update upload as the API received it. The body is read before the client is known, so
@@ -105,6 +133,7 @@ pub struct UploadCall {
     pub examples: u64,
     pub content_type: String,
     pub body: Result<bytes::Bytes, ServiceError>,
+    pub peer: Option<IpAddr>,
 }
 
 /// The running service; cheap to clone.
@@ -112,6 +141,7 @@ pub struct UploadCall {
 pub struct Service {
     task: Arc<Task>,
     state: Arc<Mutex<State>>,
+    store: Arc<Mutex<Box<dyn TaskStore>>>,
     clock: Clock,
     /// Bumped whenever a round settles or a version is committed: what long-polling check-ins
     /// wait for.
@@ -146,7 +176,7 @@ impl Service {
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
         strategy.set_noise_source(Box::new(<rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed)));
         // Continue from the last committed version if the store has one; otherwise start at 0.
-        let (global, version, history) = match store.resume().context("reading the stored task")? {
+        let (global, version, history, current_model) = match store.resume().context("reading the stored task")? {
             Some(resume) => {
                 let params = Params::from_safetensors(setup.initial.layout().clone(), &resume.bytes)
                     .context("the stored model does not match the task's model")?;
@@ -154,12 +184,12 @@ impl Service {
                     strategy.restore_optimizer_state(state).context("restoring the server optimizer")?;
                 }
                 tracing::info!(version = resume.version, rounds = resume.history.len(), "resuming stored task");
-                (params, resume.version, resume.history)
+                (params, resume.version, resume.history, Arc::new(resume.bytes))
             }
             None => {
-                let bytes = setup.initial.to_safetensors().context("serialising the initial model")?;
-                store.put_initial(Arc::new(bytes)).context("storing model version 0")?;
-                (setup.initial, 0, Vec::new())
+                let bytes = Arc::new(setup.initial.to_safetensors().context("serialising the initial model")?);
+                store.put_initial(bytes.clone()).context("storing model version 0")?;
+                (setup.initial, 0, Vec::new(), bytes)
             }
         };
         let next_round = history.iter().map(|r| r.round).max().map_or(1, |r| r + 1);
@@ -168,6 +198,7 @@ impl Service {
         let coordinator = SyncCoordinator::new(setup.policy, strategy, global, at, setup.privacy)?;
         let terms =
             AssignmentTerms { plan: setup.plan, model: setup.spec.clone(), upload_limit_bytes, update: setup.update };
+        let server = &setup.server;
         let task = Task {
             name: setup.name,
             spec: setup.spec,
@@ -175,13 +206,30 @@ impl Service {
             dataset: setup.dataset,
             demo_data: setup.demo_data,
             terms,
+            limits: Limits::new(server),
+            operator_token: server.operator_token(),
+            retention: Retention { last: server.keep_last_versions, every: server.keep_every_versions },
+            forget_clients_after_ms: (server.forget_clients_after_hours * 3_600_000.0) as u64,
+            body_timeout: Duration::from_secs_f64(server.body_timeout_secs),
+            server: server.clone(),
         };
         let clients = Registry::from_stored(store.client_tokens().context("reading known clients")?);
-        let state = State { coordinator: Box::new(coordinator), clients, store, history, metrics: Metrics::default() };
+        let store_bytes = store.size_bytes().context("measuring the store")?;
+        let state = State {
+            coordinator: Box::new(coordinator),
+            clients,
+            current_model,
+            client_events: Vec::new(),
+            history,
+            metrics: Metrics::default(),
+            store_bytes,
+            last_sweep_ms: 0,
+        };
         let (changed, _) = tokio::sync::watch::channel(0);
         Ok(Self {
             task: Arc::new(task),
             state: Arc::new(Mutex::new(state)),
+            store: Arc::new(Mutex::new(store)),
             clock,
             changed: Arc::new(changed),
             commits_in_flight: Arc::default(),
@@ -191,6 +239,16 @@ impl Service {
 
     pub fn upload_limit_bytes(&self) -> usize {
         self.task.terms.upload_limit_bytes
+    }
+
+    /// The `[server]` settings the service was started with.
+    pub fn server_config(&self) -> &ServerConfig {
+        &self.task.server
+    }
+
+    /// How long a request body may take to arrive in full.
+    pub fn body_timeout(&self) -> Duration {
+        self.task.body_timeout
     }
 
     /// Where the task's public demo data is served from, and the file behind it.
@@ -213,6 +271,23 @@ impl Service {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The store; never taken while holding the state lock, and only on blocking threads (or
+    /// in sequences that already run off the request path).
+    fn store(&self) -> MutexGuard<'_, Box<dyn TaskStore>> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the store on a blocking thread.
+    async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn TaskStore) -> T + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || f(service.store().as_mut()))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("store task failed: {e}")))
+    }
+
     /// The task: what a client needs before it checks in.
     pub fn task_info(&self) -> TaskInfo {
         let task = &self.task;
@@ -229,7 +304,7 @@ impl Service {
     /// Checks a client in: authenticates or registers it, then asks the coordinator for an
     /// assignment — holding the call (long poll) while the answer would be "wait".
     pub async fn check_in(&self, call: CheckInCall) -> Result<CheckInResponse, ServiceError> {
-        let (client_id, token) = self.identify(call.client_id, call.token)?;
+        let (client_id, token) = self.identify(call.client_id, call.token, call.peer)?;
         // Subscribe before the first look, so a change between it and the wait is not missed.
         let mut changes = self.changed.subscribe();
         let held_until = self.now() + call.wait_ms.min(MAX_CHECK_IN_WAIT_MS);
@@ -254,31 +329,56 @@ impl Service {
         }
     }
 
-    /// Authenticates a known client or registers a new one; returns its id and token.
-    fn identify(&self, client_id: Option<String>, token: Option<String>) -> Result<(String, String), ServiceError> {
+    /// Authenticates a known client or registers a new one (within the rate limits); returns
+    /// its id and token.
+    fn identify(
+        &self,
+        client_id: Option<String>,
+        token: Option<String>,
+        peer: Option<IpAddr>,
+    ) -> Result<(String, String), ServiceError> {
         let now = self.now();
+        let limits = &self.task.limits;
         let mut state = self.lock();
         let (client_id, token) = match client_id {
             Some(id) => {
                 state.clients.authenticate(&id, token.as_deref())?;
+                limits.admit(Kind::CheckIn, peer, Some(&id))?;
                 (id, token.unwrap_or_default())
             }
-            None => state.clients.register(now)?,
+            None => {
+                limits.admit(Kind::Registration, peer, None)?;
+                state.clients.register(now)?
+            }
         };
-        if let Some(hash) = state.clients.due_for_store(&client_id, now) {
-            state
-                .store
-                .touch_client(&client_id, &hash, unix_ms())
-                .map_err(|e| ServiceError::Internal(format!("recording the client: {e}")))?;
+        if let Some(token_hash) = state.clients.due_for_store(&client_id, now) {
+            let seen = ClientEvent::Seen { client_id: client_id.clone(), token_hash, at_ms: unix_ms() };
+            state.client_events.push(seen);
         }
         Ok((client_id, token))
     }
 
-    /// A committed model version as safetensors bytes.
-    pub fn model(&self, version: u64) -> Result<Arc<Vec<u8>>, ServiceError> {
+    /// A committed model version as safetensors bytes: the current one from memory, older
+    /// kept ones from the store.
+    pub async fn model(&self, version: u64) -> Result<Arc<Vec<u8>>, ServiceError> {
+        let (current_version, current) = {
+            let state = self.lock();
+            (state.coordinator.version(), state.current_model.clone())
+        };
+        let bytes = if version == current_version {
+            current
+        } else {
+            let stored = self.on_store(move |store| store.get(version)).await?;
+            let stored = stored.map_err(|e| ServiceError::Internal(format!("reading the model: {e}")))?;
+            stored.ok_or_else(|| match version < current_version {
+                true => ServiceError::NotFound(format!(
+                    "model version {version} is no longer kept (the store keeps the latest versions and every \
+                     [server] keep_every_versions-th)"
+                )),
+                false => ServiceError::NotFound(format!("no model version {version}")),
+            })?
+        };
         let mut state = self.lock();
-        let bytes = state.store.get(version).map_err(|e| ServiceError::Internal(format!("reading the model: {e}")))?;
-        let bytes = bytes.ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
         state.metrics.bytes_down_this_round += bytes.len() as u64;
         state.metrics.bytes_down_total += bytes.len() as u64;
         Ok(bytes)
@@ -301,6 +401,7 @@ impl Service {
     /// Returns whether this update closed the round (its commit sequence is then running).
     fn accept(&self, call: UploadCall) -> Result<bool, ServiceError> {
         self.lock().clients.authenticate(&call.client_id, call.token.as_deref())?;
+        self.task.limits.admit(Kind::Upload, call.peer, Some(&call.client_id))?;
         let now = self.now();
         let client = call.client_id;
         // From here on the client is known: its refusals count as failures in its health record.
@@ -331,11 +432,10 @@ impl Service {
             Ok::<_, ServiceError>((settled, body.len() as u64))
         })();
         let mut state = self.lock();
-        let round_trip = state.clients.uploaded(&client, now);
-        let bytes = submitted.as_ref().map_or(0, |(_, n)| *n);
-        if let Err(e) = state.store.record_contribution(&client, submitted.is_ok(), round_trip, bytes) {
-            tracing::warn!(client, error = %e, "recording client health failed");
-        }
+        let round_trip_ms = state.clients.uploaded(&client, now);
+        let bytes_up = submitted.as_ref().map_or(0, |(_, n)| *n);
+        let ok = submitted.is_ok();
+        state.client_events.push(ClientEvent::Contributed { client_id: client, ok, round_trip_ms, bytes_up });
         drop(state);
         let (settled, _) = submitted?;
         // The commit sequence runs in its own task; the answer does not wait for it.
@@ -360,6 +460,7 @@ impl Service {
             bytes_down_total: state.metrics.bytes_down_total,
             compression: self.task.terms.update.compression.to_string(),
             privacy: state.coordinator.privacy().map(|p| p.status(rounds_completed)),
+            store_bytes: state.store_bytes,
         }
     }
 
@@ -368,9 +469,51 @@ impl Service {
         self.lock().history.clone()
     }
 
-    /// Health of every known client, most recently seen first.
-    pub fn clients(&self) -> Result<Vec<ClientRecord>, ServiceError> {
-        self.lock().store.clients().map_err(|e| ServiceError::Internal(format!("reading clients: {e}")))
+    /// One page of the known clients' health, most recently seen first: up to `limit` (at most
+    /// [`MAX_CLIENTS_PAGE`]) after the cursor `after` (the previous page's `next_after`).
+    pub async fn clients(&self, after: Option<String>, limit: Option<usize>) -> Result<ClientsPage, ServiceError> {
+        let after = match after.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(ClientCursor::parse(text).ok_or_else(|| {
+                ServiceError::bad_request(
+                    "bad_request",
+                    format!("`after` is not a cursor from a previous page: {text:?}"),
+                )
+            })?),
+        };
+        let limit = limit.unwrap_or(100).clamp(1, MAX_CLIENTS_PAGE);
+        // What is queued is written first, so the page is current.
+        let service = self.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            service.flush_clients();
+            service.store().clients_page(after.as_ref(), limit)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("store task failed: {e}")))?;
+        let clients = page.map_err(|e| ServiceError::Internal(format!("reading clients: {e}")))?;
+        let next_after =
+            (clients.len() == limit).then(|| clients.last().map(|c| ClientCursor::of(c).to_string())).flatten();
+        Ok(ClientsPage { clients, next_after })
+    }
+
+    /// Admits an operator request: the operator token when the server has one, otherwise only
+    /// calls from this machine.
+    pub fn authorize_operator(&self, token: Option<&str>, peer: Option<IpAddr>) -> Result<(), ServiceError> {
+        match &self.task.operator_token {
+            Some(expected) => match token {
+                Some(token) if clients::same_token(token, expected) => Ok(()),
+                Some(_) => Err(ServiceError::Forbidden("that is not the operator token".into())),
+                None => Err(ServiceError::Unauthorized(
+                    "operator endpoints need `Authorization: Bearer <operator token>`".into(),
+                )),
+            },
+            None if peer.is_none_or(|p| p.is_loopback()) => Ok(()),
+            None => Err(ServiceError::Forbidden(
+                "operator endpoints answer only this machine unless the server has an operator token ([server] \
+                 operator_token or WEBFL_OPERATOR_TOKEN)"
+                    .into(),
+            )),
+        }
     }
 
     /// Prometheus text.
@@ -382,6 +525,38 @@ impl Service {
             test_accuracy: latest_accuracy(&state.history),
         };
         state.metrics.render(&gauges)
+    }
+
+    /// Writes the queued client bookkeeping in one transaction (on this thread: call it from a
+    /// blocking context). On failure the events are kept for the next try.
+    pub fn flush_clients(&self) {
+        let events = std::mem::take(&mut self.lock().client_events);
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store().record_clients(&events) {
+            tracing::warn!(error = %e, events = events.len(), "recording client bookkeeping failed; will retry");
+            let mut state = self.lock();
+            let newer = std::mem::replace(&mut state.client_events, events);
+            state.client_events.extend(newer);
+        }
+    }
+
+    /// Forgets clients not seen for `[server] forget_clients_after_hours`, and idle rate-limit
+    /// state.
+    fn sweep(&self) {
+        self.task.limits.forget_idle();
+        let cutoff = unix_ms().saturating_sub(self.task.forget_clients_after_ms);
+        match self.store().forget_clients(cutoff) {
+            Ok(gone) if !gone.is_empty() => {
+                let now = self.now();
+                let forgotten =
+                    self.lock().clients.forget(&gone, now.saturating_sub(self.task.forget_clients_after_ms));
+                tracing::info!(clients = forgotten, "forgot clients not seen for a while");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "forgetting stale clients failed"),
+        }
     }
 
     /// Applies round deadlines now; what [`spawn_ticker`](Self::spawn_ticker) calls. Returns the
@@ -408,6 +583,22 @@ impl Service {
             loop {
                 every.tick().await;
                 service.tick();
+                let sweep = {
+                    let mut state = service.lock();
+                    let due = service.now().saturating_sub(state.last_sweep_ms) >= SWEEP_EVERY_MS;
+                    if due {
+                        state.last_sweep_ms = service.now();
+                    }
+                    due
+                };
+                let chores = service.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    chores.flush_clients();
+                    if sweep {
+                        chores.sweep();
+                    }
+                })
+                .await;
             }
         })
     }

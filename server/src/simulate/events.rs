@@ -555,7 +555,14 @@ impl Driver<'_> {
 
 /// A refusal exactly as `webfl serve` answers it: the service's status and `ErrorBody`.
 fn refusal(e: ServiceError) -> Failure {
-    Failure::http(e.refusal().http_status(), &serde_json::to_vec(&e.body()).unwrap_or_default())
+    let retry_after_ms = match &e {
+        ServiceError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+        _ => None,
+    };
+    Failure {
+        retry_after_ms,
+        ..Failure::http(e.refusal().http_status(), &serde_json::to_vec(&e.body()).unwrap_or_default())
+    }
 }
 
 /// The GPU engine for `job`'s model, made on first use. Without a usable GPU the engine runs on
@@ -617,6 +624,7 @@ mod tests {
                 min_reports: 5,
                 deadline_ms: 10_000,
                 retry_after_ms: 1_000,
+                max_examples: 10_000,
             },
             strategy: StrategyConfig::default(),
             initial,

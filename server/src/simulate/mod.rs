@@ -63,7 +63,7 @@ pub fn world(cfg: &TaskConfig, prepared: &Prepared) -> Result<World> {
     };
     Ok(World {
         terms,
-        policy: cfg.policy()?,
+        policy: cfg.policy(train.len() as u64)?,
         strategy,
         initial,
         privacy,

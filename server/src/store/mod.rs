@@ -58,19 +58,73 @@ pub trait TaskStore: Send {
     fn record_abandoned(&mut self, record: &RoundRecord) -> Result<(), StoreError>;
     /// What a restarted server continues from; `None` for a task that has never been stored.
     fn resume(&self) -> Result<Option<Resume>, StoreError>;
-    /// Creates or refreshes a client (its token is kept only as a hash).
-    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> Result<(), StoreError>;
-    /// Counts an accepted (`ok`) or refused upload, with the round trip from assignment to upload.
-    fn record_contribution(
-        &mut self,
-        client_id: &str,
-        ok: bool,
-        round_trip_ms: Option<u64>,
-        bytes_up: u64,
-    ) -> Result<(), StoreError>;
-    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+    /// Records client bookkeeping, in order, as one transaction (the service batches it).
+    fn record_clients(&mut self, events: &[ClientEvent]) -> Result<(), StoreError>;
+    /// Up to `limit` clients, most recently seen first, starting after `after`.
+    fn clients_page(&self, after: Option<&ClientCursor>, limit: usize) -> Result<Vec<ClientRecord>, StoreError>;
+    /// Forgets the clients last seen before `unseen_since_ms` (Unix ms); returns their ids.
+    fn forget_clients(&mut self, unseen_since_ms: u64) -> Result<Vec<String>, StoreError>;
     /// `(client_id, token_hash)` of every known client, so tokens outlive a restart.
     fn client_tokens(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Deletes the versions `keep` does not keep (never the latest); returns how many.
+    fn prune_versions(&mut self, keep: &Retention) -> Result<u64, StoreError>;
+    /// Bytes the store uses.
+    fn size_bytes(&self) -> Result<u64, StoreError>;
+}
+
+/// Client bookkeeping, recorded in batches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientEvent {
+    /// Creates or refreshes a client (its token is kept only as a hash).
+    Seen { client_id: String, token_hash: String, at_ms: u64 },
+    /// An accepted (`ok`, with its encoded size) or refused upload, with the round trip from
+    /// assignment to upload.
+    Contributed { client_id: String, ok: bool, round_trip_ms: Option<u64>, bytes_up: u64 },
+}
+
+/// Where a page of `GET /api/clients` ends: the last client's `last_seen_ms` and id, written
+/// `"<ms>.<id>"` on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCursor {
+    pub last_seen_ms: u64,
+    pub client_id: String,
+}
+
+impl ClientCursor {
+    pub fn of(record: &ClientRecord) -> Self {
+        Self { last_seen_ms: record.last_seen_ms, client_id: record.client_id.clone() }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, id) = text.split_once('.')?;
+        Some(Self { last_seen_ms: ms.parse().ok()?, client_id: id.to_string() })
+    }
+
+    /// Whether `record` comes after this cursor in most-recently-seen-first order.
+    pub fn precedes(&self, record: &ClientRecord) -> bool {
+        record.last_seen_ms < self.last_seen_ms
+            || (record.last_seen_ms == self.last_seen_ms && record.client_id > self.client_id)
+    }
+}
+
+impl std::fmt::Display for ClientCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.last_seen_ms, self.client_id)
+    }
+}
+
+/// Which model versions the store keeps: the last `last`, every multiple of `every` (0: none),
+/// and version 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub last: u64,
+    pub every: u64,
+}
+
+impl Retention {
+    pub fn keeps(&self, version: u64, latest: u64) -> bool {
+        version == 0 || version + self.last.max(1) > latest || (self.every > 0 && version.is_multiple_of(self.every))
+    }
 }
 
 /// The last committed state of a task.

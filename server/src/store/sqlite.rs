@@ -16,10 +16,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use webfl_shared::protocol::{ClientRecord, RoundOutcome, RoundRecord};
 use webfl_shared::strategy::OptimizerState;
 
-use super::{Resume, StoreError, TaskStore, unix_ms};
+use super::{ClientCursor, ClientEvent, Resume, Retention, StoreError, TaskStore, unix_ms};
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// A stored model version.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +115,15 @@ impl Store {
                  ALTER TABLE rounds ADD COLUMN clipped INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE rounds ADD COLUMN update_norm REAL;
                  PRAGMA user_version = 3;
+                 COMMIT;",
+            )?;
+        }
+        if found < 4 {
+            // v4: clients are paged most recently seen first, and expired by last seen.
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE INDEX clients_by_last_seen ON clients (task, last_seen_ms DESC, client_id);
+                 PRAGMA user_version = 4;
                  COMMIT;",
             )?;
         }
@@ -231,13 +240,39 @@ impl Store {
         Ok(max.map_or(1, |m| m as u64 + 1))
     }
 
-    /// Creates or refreshes a client's record.
-    pub fn touch_client(&self, task: &str, client_id: &str, token_hash: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO clients (task, client_id, token_hash, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT(task, client_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-            params![task, client_id, token_hash, now_ms as i64],
-        )?;
+    /// Records client bookkeeping as one transaction: one fsync for the whole batch.
+    pub fn record_clients(&mut self, task: &str, events: &[ClientEvent]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT INTO clients (task, client_id, token_hash, first_seen_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(task, client_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
+            )?;
+            let mut contributed = tx.prepare_cached(
+                "UPDATE clients SET rounds_completed = rounds_completed + ?3, failures = failures + ?4,
+                     last_round_trip_ms = COALESCE(?5, last_round_trip_ms), bytes_up = bytes_up + ?6
+                 WHERE task = ?1 AND client_id = ?2",
+            )?;
+            for event in events {
+                match event {
+                    ClientEvent::Seen { client_id, token_hash, at_ms } => {
+                        seen.execute(params![task, client_id, token_hash, *at_ms as i64])?;
+                    }
+                    ClientEvent::Contributed { client_id, ok, round_trip_ms, bytes_up } => {
+                        contributed.execute(params![
+                            task,
+                            client_id,
+                            i64::from(*ok),
+                            i64::from(!*ok),
+                            round_trip_ms.map(|v| v as i64),
+                            if *ok { *bytes_up as i64 } else { 0 }
+                        ])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -247,37 +282,22 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Counts a finished (`ok`, with its encoded size) or failed contribution and its round trip.
-    pub fn record_contribution(
+    /// A page of clients, most recently seen first (keyset pagination over an index: a page
+    /// costs the same however many clients there are).
+    pub fn clients_page(
         &self,
         task: &str,
-        client_id: &str,
-        ok: bool,
-        round_trip_ms: Option<u64>,
-        bytes_up: u64,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE clients SET rounds_completed = rounds_completed + ?3, failures = failures + ?4,
-                 last_round_trip_ms = COALESCE(?5, last_round_trip_ms), bytes_up = bytes_up + ?6
-             WHERE task = ?1 AND client_id = ?2",
-            params![
-                task,
-                client_id,
-                i64::from(ok),
-                i64::from(!ok),
-                round_trip_ms.map(|v| v as i64),
-                if ok { bytes_up as i64 } else { 0 }
-            ],
-        )?;
-        Ok(())
-    }
-
-    pub fn clients(&self, task: &str) -> Result<Vec<ClientRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        after: Option<&ClientCursor>,
+        limit: usize,
+    ) -> Result<Vec<ClientRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
             "SELECT client_id, first_seen_ms, last_seen_ms, rounds_completed, failures, last_round_trip_ms, bytes_up
-             FROM clients WHERE task = ?1 ORDER BY last_seen_ms DESC",
+             FROM clients WHERE task = ?1
+               AND (?2 IS NULL OR last_seen_ms < ?2 OR (last_seen_ms = ?2 AND client_id > ?3))
+             ORDER BY last_seen_ms DESC, client_id LIMIT ?4",
         )?;
-        let rows = stmt.query_map([task], |r| {
+        let (ms, id) = after.map_or((None, ""), |c| (Some(c.last_seen_ms as i64), c.client_id.as_str()));
+        let rows = stmt.query_map(params![task, ms, id, limit as i64], |r| {
             Ok(ClientRecord {
                 client_id: r.get(0)?,
                 first_seen_ms: r.get::<_, i64>(1)? as u64,
@@ -289,6 +309,42 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the clients last seen before `unseen_since_ms`; returns their ids.
+    pub fn forget_clients(&mut self, task: &str, unseen_since_ms: u64) -> Result<Vec<String>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let ids = {
+            let mut stmt =
+                tx.prepare("DELETE FROM clients WHERE task = ?1 AND last_seen_ms < ?2 RETURNING client_id")?;
+            let rows = stmt.query_map(params![task, unseen_since_ms as i64], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Deletes the versions `keep` does not keep; the latest always stays.
+    pub fn prune_versions(&mut self, task: &str, keep: &Retention) -> Result<u64, StoreError> {
+        let versions = self.versions(task)?;
+        let Some(&latest) = versions.last() else { return Ok(0) };
+        let tx = self.conn.transaction()?;
+        let mut deleted = 0;
+        for v in versions.into_iter().filter(|&v| !keep.keeps(v, latest)) {
+            deleted += tx
+                .execute("DELETE FROM model_versions WHERE task = ?1 AND version = ?2", params![task, v as i64])?
+                as u64;
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// Bytes in use by the database (freed pages are reused, not counted).
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self.conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+        let free: i64 = self.conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        let size: i64 = self.conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        Ok(((pages - free) * size) as u64)
     }
 }
 
@@ -355,22 +411,24 @@ impl TaskStore for TaskDb {
         }))
     }
 
-    fn touch_client(&mut self, client_id: &str, token_hash: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.db.touch_client(&self.task, client_id, token_hash, now_ms)
+    fn record_clients(&mut self, events: &[ClientEvent]) -> Result<(), StoreError> {
+        self.db.record_clients(&self.task, events)
     }
 
-    fn record_contribution(
-        &mut self,
-        client_id: &str,
-        ok: bool,
-        round_trip_ms: Option<u64>,
-        bytes_up: u64,
-    ) -> Result<(), StoreError> {
-        self.db.record_contribution(&self.task, client_id, ok, round_trip_ms, bytes_up)
+    fn clients_page(&self, after: Option<&ClientCursor>, limit: usize) -> Result<Vec<ClientRecord>, StoreError> {
+        self.db.clients_page(&self.task, after, limit)
     }
 
-    fn clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        self.db.clients(&self.task)
+    fn forget_clients(&mut self, unseen_since_ms: u64) -> Result<Vec<String>, StoreError> {
+        self.db.forget_clients(&self.task, unseen_since_ms)
+    }
+
+    fn prune_versions(&mut self, keep: &Retention) -> Result<u64, StoreError> {
+        self.db.prune_versions(&self.task, keep)
+    }
+
+    fn size_bytes(&self) -> Result<u64, StoreError> {
+        self.db.size_bytes()
     }
 
     fn client_tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
@@ -478,10 +536,13 @@ mod tests {
             let mut s = Store::open(dir.path()).unwrap();
             s.ensure_task("mnist", "{}", 1).unwrap();
             s.put_initial_version("mnist", b"v0", 1).unwrap();
-            s.touch_client("mnist", "c1", "h", 2).unwrap();
+            let seen = ClientEvent::Seen { client_id: "c1".into(), token_hash: "h".into(), at_ms: 2 };
+            s.record_clients("mnist", &[seen]).unwrap();
             s.commit_version("mnist", 1, b"v1", &record(1, Some(1), RoundOutcome::Closed), r#"{"steps":1}"#).unwrap();
             s.record_abandoned("mnist", &record(2, None, RoundOutcome::Abandoned)).unwrap();
-            s.record_contribution("mnist", "c1", true, Some(1234), 100).unwrap();
+            let done =
+                ClientEvent::Contributed { client_id: "c1".into(), ok: true, round_trip_ms: Some(1234), bytes_up: 100 };
+            s.record_clients("mnist", &[done]).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.latest_version("mnist").unwrap(), Some(StoredVersion { version: 1, safetensors: b"v1".to_vec() }));
@@ -491,10 +552,49 @@ mod tests {
         assert_eq!(s.optimizer_state("mnist").unwrap().as_deref(), Some(r#"{"steps":1}"#));
         let rounds = s.rounds("mnist").unwrap();
         assert_eq!(rounds, vec![record(1, Some(1), RoundOutcome::Closed), record(2, None, RoundOutcome::Abandoned)]);
-        let clients = s.clients("mnist").unwrap();
+        let clients = s.clients_page("mnist", None, 10).unwrap();
         assert_eq!((clients[0].rounds_completed, clients[0].last_round_trip_ms), (1, Some(1234)));
         assert_eq!(clients[0].bytes_up, 100);
         assert_eq!(s.client_tokens("mnist").unwrap(), vec![("c1".to_string(), "h".to_string())]);
+    }
+
+    #[test]
+    fn clients_page_by_last_seen_and_expire() {
+        let mut s = Store::in_memory().unwrap();
+        s.ensure_task("t", "{}", 0).unwrap();
+        let seen = |id: &str, at_ms| ClientEvent::Seen { client_id: id.into(), token_hash: "h".into(), at_ms };
+        s.record_clients("t", &[seen("a", 5), seen("b", 9), seen("c", 5), seen("d", 1), seen("a", 7)]).unwrap();
+        let ids = |page: &[ClientRecord]| page.iter().map(|c| c.client_id.clone()).collect::<Vec<_>>();
+        let first = s.clients_page("t", None, 2).unwrap();
+        assert_eq!(ids(&first), ["b", "a"]);
+        let second = s.clients_page("t", Some(&ClientCursor::of(&first[1])), 2).unwrap();
+        assert_eq!(ids(&second), ["c", "d"]);
+        assert!(s.clients_page("t", Some(&ClientCursor::of(&second[1])), 2).unwrap().is_empty());
+        assert_eq!(ClientCursor::parse(&ClientCursor::of(&second[0]).to_string()), Some(ClientCursor::of(&second[0])));
+        let mut forgotten = s.forget_clients("t", 6).unwrap();
+        forgotten.sort();
+        assert_eq!(forgotten, ["c", "d"]);
+        assert_eq!(ids(&s.clients_page("t", None, 10).unwrap()), ["b", "a"]);
+    }
+
+    #[test]
+    fn retention_keeps_the_last_versions_every_nth_and_the_first() {
+        let keep = Retention { last: 3, every: 5 };
+        let kept: Vec<u64> = (0..=12).filter(|&v| keep.keeps(v, 12)).collect();
+        assert_eq!(kept, [0, 5, 10, 11, 12]);
+        let mut s = Store::in_memory().unwrap();
+        s.ensure_task("t", "{}", 0).unwrap();
+        s.put_initial_version("t", b"v0", 0).unwrap();
+        for v in 1..=12 {
+            s.commit_version("t", v, b"v", &record(v, Some(v), RoundOutcome::Closed), "{}").unwrap();
+        }
+        let before = s.size_bytes().unwrap();
+        assert_eq!(s.prune_versions("t", &keep).unwrap(), 8);
+        assert_eq!(s.versions("t").unwrap(), kept);
+        assert_eq!(s.prune_versions("t", &keep).unwrap(), 0);
+        assert!(s.size_bytes().unwrap() <= before);
+        // The round history is kept whole.
+        assert_eq!(s.rounds("t").unwrap().len(), 12);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct RoundPolicy {
     /// How long a client that cannot be selected now waits before checking in again (a
     /// long-polling driver wakes it earlier, when the coordinator's state changes).
     pub retry_after_ms: u64,
+    /// The largest FedAvg weight (local example count) an update may claim: a client claiming
+    /// more is refused, so no single participant can outweigh the rest of the round.
+    pub max_examples: u64,
 }
 
 impl RoundPolicy {
@@ -59,6 +62,9 @@ impl RoundPolicy {
         }
         if self.deadline_ms == 0 {
             return bad("the round deadline must be positive");
+        }
+        if self.max_examples == 0 {
+            return bad("the maximum examples per update must be at least 1");
         }
         Ok(())
     }
@@ -83,6 +89,10 @@ pub enum RoundError {
     DeadlinePassed(u64),
     #[error("example count must be positive")]
     NoExamples,
+    #[error("the update claims {claimed} examples; this task weighs an update by at most {max}")]
+    TooManyExamples { claimed: u64, max: u64 },
+    #[error("the update would take the model's values out of the f32 range (largest |Δ| {largest:e})")]
+    OutOfRange { largest: f32 },
     #[error("invalid update: {0}")]
     BadUpdate(#[from] StrategyError),
     #[error("no version is waiting to be committed")]

@@ -55,6 +55,8 @@ pub struct SyncCoordinator {
     rounds_completed: u64,
     privacy: Option<PrivacyBudget>,
     phase: Phase,
+    /// max |w| of `global`, kept with it: the headroom an update's values must fit in.
+    global_max_abs: f32,
 }
 
 impl SyncCoordinator {
@@ -69,6 +71,7 @@ impl SyncCoordinator {
     ) -> Result<Self, RoundError> {
         policy.validate()?;
         Ok(Self {
+            global_max_abs: global.max_abs(),
             policy,
             strategy,
             global,
@@ -191,6 +194,17 @@ impl Coordinator for SyncCoordinator {
         if upload.examples == 0 {
             return Err(RoundError::NoExamples);
         }
+        if upload.examples > self.policy.max_examples {
+            return Err(RoundError::TooManyExamples { claimed: upload.examples, max: self.policy.max_examples });
+        }
+        // Every client's own model w_global + Δ must be representable; then so is any weighted
+        // mean of them, and an update that could not be committed is refused here rather than
+        // voiding the round at close.
+        // (NaN compares false here; the strategy refuses non-finite values by name.)
+        let largest = upload.update.max_abs();
+        if largest > f32::MAX - self.global_max_abs {
+            return Err(RoundError::OutOfRange { largest });
+        }
         upload.update.check_same_layout(&self.global).map_err(|e| StrategyError::LayoutMismatch(e.to_string()))?;
         self.strategy.add(upload.update, upload.examples as f64)?;
         let Phase::Open(open) = &mut self.phase else { return Err(RoundError::NoOpenRound) };
@@ -225,6 +239,7 @@ impl Coordinator for SyncCoordinator {
     fn commit(&mut self, pending: PendingCommit) -> Result<(), RoundError> {
         match self.phase {
             Phase::Committing { version, .. } if version == pending.version => {
+                self.global_max_abs = pending.params.max_abs();
                 self.global = pending.params;
                 self.version = pending.version;
                 self.rounds_completed += 1;
@@ -301,7 +316,14 @@ mod tests {
     }
 
     fn policy() -> RoundPolicy {
-        RoundPolicy { target_reports: 2, over_selection: 1.5, min_reports: 1, deadline_ms: 1000, retry_after_ms: 250 }
+        RoundPolicy {
+            target_reports: 2,
+            over_selection: 1.5,
+            min_reports: 1,
+            deadline_ms: 1000,
+            retry_after_ms: 250,
+            max_examples: 1000,
+        }
     }
 
     fn fresh() -> Resumed {
@@ -392,6 +414,12 @@ mod tests {
             RoundError::WrongModelVersion { expected: 0, got: 5 }
         );
         assert_eq!(c.up("a", 1, 0, &p([1.0, 1.0]), 0, 1).unwrap_err(), RoundError::NoExamples);
+        // Bounded influence: no claiming more examples than the task allows (u64::MAX would
+        // outweigh every honest client), no values that push the model out of f32 range.
+        assert_eq!(
+            c.up("a", 1, 0, &p([1.0, 1.0]), u64::MAX, 1).unwrap_err(),
+            RoundError::TooManyExamples { claimed: u64::MAX, max: 1000 }
+        );
         assert!(matches!(c.up("a", 1, 0, &p([f32::NAN, 1.0]), 1, 1), Err(RoundError::BadUpdate(_))));
         let other = Params::zeros(Arc::new(Layout::new(vec![TensorSpec::new("w", vec![3])]).unwrap()));
         assert!(matches!(c.up("a", 1, 0, &other, 1, 1), Err(RoundError::BadUpdate(_))));
@@ -403,6 +431,24 @@ mod tests {
             panic!("round should close")
         };
         assert_eq!(pending.params.as_slice(), &[2.0, 2.0]);
+    }
+
+    #[test]
+    fn updates_that_would_leave_the_f32_range_are_refused_before_they_count() {
+        let strategy = StrategyConfig::new(StrategyKind::FedAvg).build().unwrap();
+        let mut c = SyncCoordinator::new(policy(), strategy, p([1e38, 0.0]), fresh(), None).unwrap();
+        c.check_in("a", 0);
+        c.check_in("b", 0);
+        // 1e38 + 3e38 overflows f32; so would the mean of this and any honest update.
+        assert_eq!(c.up("a", 1, 0, &p([0.0, 3e38]), 1, 1).unwrap_err(), RoundError::OutOfRange { largest: 3e38 });
+        assert!(matches!(c.up("a", 1, 0, &p([f32::INFINITY, 0.0]), 1, 1), Err(RoundError::OutOfRange { .. })));
+        assert!(matches!(c.up("a", 1, 0, &p([f32::NAN, 0.0]), 1, 1), Err(RoundError::BadUpdate(_))));
+        // Within the headroom is fine, and the refused attempts did not count.
+        assert!(c.up("a", 1, 0, &p([2e38, 0.0]), 1, 2).unwrap().is_none());
+        let Some(Settled::Closed(pending)) = c.up("b", 1, 0, &p([0.0, 1.0]), 1, 3).unwrap() else {
+            panic!("round should close")
+        };
+        assert_eq!(pending.params.as_slice(), &[2e38, 0.5]);
     }
 
     #[test]

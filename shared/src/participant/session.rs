@@ -106,11 +106,13 @@ pub struct Failure {
     /// The `error` code of the server's JSON body, when it had one.
     pub code: Option<String>,
     pub message: String,
+    /// How long the server asked the client to stay away (`Retry-After`, on 429 and 503).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Failure {
     pub fn network(message: impl Into<String>) -> Self {
-        Self { status: None, code: None, message: message.into() }
+        Self { status: None, code: None, message: message.into(), retry_after_ms: None }
     }
 
     /// A non-2xx answer; `body` is read as the protocol's `ErrorBody` when it is one.
@@ -120,14 +122,28 @@ impl Failure {
                 status: Some(status),
                 code: Some(e.error.clone()),
                 message: format!("{status} {}: {}", e.error, e.message),
+                retry_after_ms: None,
             },
-            Err(_) => Self { status: Some(status), code: None, message: format!("HTTP {status}") },
+            Err(_) => {
+                Self { status: Some(status), code: None, message: format!("HTTP {status}"), retry_after_ms: None }
+            }
         }
     }
 
-    /// No answer or a server error: worth retrying later.
+    /// With the answer's `Retry-After` header (whole seconds), when it had a readable one.
+    pub fn with_retry_after(mut self, header: Option<&str>) -> Self {
+        self.retry_after_ms = header.and_then(|h| h.trim().parse::<u64>().ok()).map(|s| s.saturating_mul(1000));
+        self
+    }
+
+    /// No answer, a server error, or too many requests: worth retrying later.
     fn is_transient(&self) -> bool {
-        self.status.is_none_or(|s| s >= 500)
+        self.status.is_none_or(|s| s >= 500 || s == 429)
+    }
+
+    /// The server is shedding load or rate-limiting this client: come back later, not at once.
+    fn is_overload(&self) -> bool {
+        self.retry_after_ms.is_some() || matches!(self.status, Some(429 | 503))
     }
 }
 
@@ -342,9 +358,10 @@ impl Session {
         Action::Wait { ms }
     }
 
-    /// Waits the back-off after a transient failure, and doubles it for the next one.
-    fn back_off(&mut self, problem: String, notices: &mut Vec<Notice>) -> Action {
-        let ms = self.backoff_ms;
+    /// Waits the back-off after a transient failure (at least what the server asked for), and
+    /// doubles it for the next one.
+    fn back_off(&mut self, problem: String, retry_after_ms: Option<u64>, notices: &mut Vec<Notice>) -> Action {
+        let ms = self.backoff_ms.max(retry_after_ms.unwrap_or(0));
         self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MS.1);
         notices.push(Notice::Problem(problem));
         notices.push(phase(Phase::Waiting, None, format!("retrying in {} s", ms / 1000)));
@@ -368,7 +385,7 @@ impl Session {
                 notices.push(Notice::Problem(format!("{}; checking in as a new client", f.message)));
                 return Ok(self.wait(AFTER_REFUSAL_MS));
             }
-            Err(f) => return Ok(self.back_off(format!("check-in failed: {}", f.message), notices)),
+            Err(f) => return Ok(self.back_off(format!("check-in failed: {}", f.message), f.retry_after_ms, notices)),
         };
         self.backoff_ms = BACKOFF_MS.0;
         let (client_id, token) = response.identity();
@@ -419,7 +436,7 @@ impl Session {
         let bytes = match answer {
             Ok(bytes) => bytes,
             Err(f) if f.is_transient() => {
-                return Ok(self.back_off(format!("downloading the model: {}", f.message), notices));
+                return Ok(self.back_off(format!("downloading the model: {}", f.message), f.retry_after_ms, notices));
             }
             Err(f) => {
                 notices.push(Notice::Problem(format!("downloading the model: {}", f.message)));
@@ -468,7 +485,7 @@ impl Session {
             Ok(trained) => trained,
             // Divergence or a device failure: this round is lost, the next may go better.
             Err(e @ (TrainError::Diverged { .. } | TrainError::Device(_))) => {
-                return Ok(self.back_off(format!("training: {e}"), notices));
+                return Ok(self.back_off(format!("training: {e}"), None, notices));
             }
             Err(e @ (TrainError::InputMismatch { .. } | TrainError::ClassMismatch { .. } | TrainError::Empty)) => {
                 return Err(SessionError::Data(e.to_string()));
@@ -483,7 +500,7 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 self.residual = residual_before;
-                return Ok(self.back_off(format!("preparing the update: {e}"), notices));
+                return Ok(self.back_off(format!("preparing the update: {e}"), None, notices));
             }
         };
         let Some(identity) = self.identity.clone() else {
@@ -553,7 +570,7 @@ impl Session {
                 notices.push(Notice::Round(report));
                 Ok(self.check_in(now_ms, notices))
             }
-            Err(f) if f.is_transient() && sent.tries < UPLOAD_TRIES => {
+            Err(f) if f.is_transient() && !f.is_overload() && sent.tries < UPLOAD_TRIES => {
                 // The round may still be open: send the same bytes again rather than retrain.
                 notices.push(Notice::Problem(format!("upload failed ({}); retrying", f.message)));
                 sent.tries += 1;
@@ -571,7 +588,7 @@ impl Session {
                     return Ok(self.check_in(now_ms, notices));
                 }
                 if f.is_transient() {
-                    return Ok(self.back_off(format!("upload failed: {}", f.message), notices));
+                    return Ok(self.back_off(format!("upload failed: {}", f.message), f.retry_after_ms, notices));
                 }
                 if f.status == Some(401) {
                     self.identity = None;

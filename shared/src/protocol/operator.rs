@@ -39,6 +39,8 @@ pub struct Status {
     /// Differential privacy spent so far; null when the task has none.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub privacy: Option<PrivacyStatus>,
+    /// Bytes the server's store holds (kept model versions, rounds, clients).
+    pub store_bytes: u64,
 }
 
 /// `privacy` in `GET /api/status`.
@@ -130,6 +132,16 @@ pub struct RoundRecord {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub update_norm: Option<f64>,
+}
+
+/// `GET /api/clients`: one page of clients, most recently seen first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClientsPage {
+    pub clients: Vec<ClientRecord>,
+    /// Pass as `after` for the next page; null on the last page.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub next_after: Option<String>,
 }
 
 /// What the operator sees about a client (`GET /api/clients`).

@@ -58,7 +58,7 @@ pub struct CheckInRequest {
     /// How long the client is willing to wait for an assignment before the answer (long poll,
     /// capped at 20 s): a client that would be told `retry` is instead held until a round can
     /// take it, so it learns of a new round the moment it opens. Absent or 0: answer at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
     pub wait_ms: Option<u64>,
 }
 
@@ -70,8 +70,25 @@ pub struct Capabilities {
     #[serde(default)]
     pub backends: Vec<String>,
     /// Local examples the client holds, if it knows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
     pub examples: Option<u64>,
+}
+
+/// An optional unsigned integer, also when written with a zero fraction (`386.0`): JSON Schema
+/// counts that as an integer, so a client generated from the OpenAPI document may send it.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Unsigned(u64),
+        Float(f64),
+    }
+    match Option::<Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(Number::Unsigned(n)) => Ok(Some(n)),
+        Some(Number::Float(f)) if f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
+        Some(Number::Float(f)) => Err(serde::de::Error::custom(format_args!("expected an unsigned integer, got {f}"))),
+    }
 }
 
 /// The answer to a check-in: an assignment, or when to come back.
@@ -190,6 +207,18 @@ pub struct DatasetInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_may_be_written_as_whole_floats_but_not_fractions() {
+        let r: CheckInRequest =
+            serde_json::from_str(r#"{"wait_ms": 20.0, "capabilities": {"examples": 386.0}}"#).unwrap();
+        assert_eq!((r.wait_ms, r.capabilities.examples), (Some(20), Some(386)));
+        let r: CheckInRequest = serde_json::from_str(r#"{"capabilities": {"examples": 386}}"#).unwrap();
+        assert_eq!((r.wait_ms, r.capabilities.examples), (None, Some(386)));
+        for bad in [r#"{"wait_ms": 1.5}"#, r#"{"wait_ms": -1}"#, r#"{"wait_ms": "5"}"#] {
+            assert!(serde_json::from_str::<CheckInRequest>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn check_in_answers_are_tagged_by_status() {

@@ -183,6 +183,28 @@ fn a_lost_upload_is_sent_again_and_a_refused_one_restores_the_residual() {
 }
 
 #[test]
+fn a_rate_limited_client_stays_away_as_long_as_it_is_told() {
+    let mut s = seeded();
+    s.handle(Reply::Start, 0.0).unwrap();
+    // A check-in refused with 429 waits the Retry-After, not the 1 s first back-off.
+    let limited =
+        |secs| Failure::http(429, br#"{"error":"rate_limited","message":"slow down"}"#).with_retry_after(Some(secs));
+    let step = s.handle(Reply::CheckIn(Err(limited("7"))), 1.0).unwrap();
+    assert!(matches!(step.action, Action::Wait { ms: 7_000 }));
+    s.handle(Reply::Waited, 2.0).unwrap();
+    // An upload refused for load is not re-sent at once: the client backs off and its residual
+    // is as if the update had never been made.
+    let topk = UpdateSpec { compression: Compression::TopK { fraction: 0.1 }, ..UpdateSpec::default() };
+    one_round(&mut s, 1, 0, topk, true);
+    let shed = Failure::http(503, b"").with_retry_after(Some("3"));
+    let step = s.handle(Reply::Uploaded(Err(shed)), 60.0).unwrap();
+    let Action::Wait { ms } = step.action else { panic!("a back-off, not a re-send") };
+    assert!(ms >= 3_000, "{ms}");
+    let residual = ErrorFeedback::from_bytes(&s.residual_bytes().unwrap(), global().len()).unwrap();
+    assert_eq!(residual, ErrorFeedback::new(global().len()));
+}
+
+#[test]
 fn data_that_does_not_fit_stops_the_client_and_divergence_does_not() {
     let mut s = seeded();
     s.handle(Reply::Start, 0.0).unwrap();
