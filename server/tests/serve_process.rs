@@ -149,7 +149,8 @@ fn sigkill_after_a_committed_round_loses_nothing_and_training_continues() {
     // The default task closes a round at 4 updates.
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let (status, json) = server.json("POST", "/api/v1/checkin", &[], b"{}");
+        let (status, json) =
+            server.json("POST", "/api/v1/checkin", &[("Content-Type", "application/json".into())], b"{}");
         assert_eq!(status, 200, "{json}");
         assert_eq!(json["status"], "assigned", "{json}");
         assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(1), Some(0)));
@@ -188,7 +189,7 @@ fn sigkill_after_a_committed_round_loses_nothing_and_training_continues() {
     let (status, again) = server.request("GET", "/api/v1/models/1", &[], b"");
     assert_eq!(status, 200);
     assert_eq!(again, model1, "the committed version must survive byte for byte");
-    let (_, json) = server.json("POST", "/api/v1/checkin", &[], b"{}");
+    let (_, json) = server.json("POST", "/api/v1/checkin", &[("Content-Type", "application/json".into())], b"{}");
     assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(2), Some(1)), "{json}");
 }
 
@@ -312,7 +313,8 @@ impl Server {
 
     /// A first check-in: a fresh identity, assigned to `round` (trained from `version`).
     fn join(&self, round: u64, version: u64) -> Identity {
-        let (status, json) = self.json("POST", "/api/v1/checkin", &[], b"{}");
+        let (status, json) =
+            self.json("POST", "/api/v1/checkin", &[("Content-Type", "application/json".into())], b"{}");
         assert_eq!(status, 200, "{json}");
         assert_eq!(json["status"], "assigned", "{json}");
         assert_eq!((json["round"].as_u64(), json["model_version"].as_u64()), (Some(round), Some(version)), "{json}");

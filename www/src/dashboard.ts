@@ -42,10 +42,21 @@ interface Fetched<T> {
   serverDateMs: number | null;
 }
 
+// The operator token, for client health when the server has one: open the dashboard as
+// `/dashboard#token=…` once; it is kept for this tab only (never sent anywhere else).
+const TOKEN_KEY = 'webfl-operator-token';
+const fromHash = new URLSearchParams(location.hash.slice(1)).get('token');
+if (fromHash !== null) {
+  sessionStorage.setItem(TOKEN_KEY, fromHash);
+  history.replaceState(null, '', location.pathname + location.search);
+}
+const operatorToken = sessionStorage.getItem(TOKEN_KEY);
+
 async function getJson<P extends OperatorPath>(path: P): Promise<Fetched<GetJson<P>>> {
   let res: Response;
+  const headers: HeadersInit = operatorToken === null ? {} : { Authorization: `Bearer ${operatorToken}` };
   try {
-    res = await fetch(path, { cache: 'no-store', signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
+    res = await fetch(path, { cache: 'no-store', headers, signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
   } catch (e) {
     const why = e instanceof DOMException && e.name === 'TimeoutError' ? 'timed out' : 'server unreachable';
     throw new Error(`GET ${path}: ${why}`);
@@ -59,7 +70,9 @@ async function getJson<P extends OperatorPath>(path: P): Promise<Fetched<GetJson
     } catch {
       // Not JSON (a proxy's error page): the status line will do.
     }
-    throw new Error(`GET ${path}: HTTP ${res.status}${detail ? ` (${detail})` : ''}`);
+    const hint =
+      res.status === 401 || res.status === 403 ? ' — open this page as /dashboard#token=<operator token>' : '';
+    throw new Error(`GET ${path}: HTTP ${res.status}${detail ? ` (${detail})` : ''}${hint}`);
   }
   // The one cast: a 2xx body is taken to be what the OpenAPI document says `path` answers. The
   // types are generated from that document, and the server's tests hold it to the handlers.
@@ -282,7 +295,10 @@ function renderStatus(s: Status): void {
   setText('clients-connected', String(s.clients_connected));
   setText('open-round', s.open_round === null ? 'none' : `#${s.open_round}`);
   setText('updates-accepted', String(s.updates_accepted));
-  setText('bytes-up', `↑ ${mib(s.bytes_up_total)} (${s.compression}) · ↓ ${mib(s.bytes_down_total)}`);
+  setText(
+    'bytes-up',
+    `↑ ${mib(s.bytes_up_total)} (${s.compression}) · ↓ ${mib(s.bytes_down_total)} · store ${mib(s.store_bytes)}`,
+  );
   const p = s.privacy;
   setText(
     'privacy',
@@ -428,7 +444,7 @@ async function pollOnce(): Promise<void> {
   }
   try {
     if (clients.status === 'rejected') throw clients.reason;
-    const list = clients.value.body;
+    const list = clients.value.body.clients;
     // Judge "last seen" by the server's clock when the two clocks clearly disagree; the Date
     // header has 1 s resolution, so small differences are noise.
     const local = Date.now();
