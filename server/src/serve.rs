@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -29,7 +29,7 @@ use crate::{api, store};
 const RESERVED_DESCRIPTORS: u64 = 64;
 /// Connections being answered `503` at once; beyond that they are closed without an answer.
 const SHEDDING_AT_ONCE: usize = 32;
-/// How long a `503` answer may take to write.
+/// How long a shed connection is given to read its `503` before it is closed.
 const SHED_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// What a shed connection is told.
 const SHED_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 2\r\n\
@@ -148,14 +148,22 @@ pub async fn serve(
     }
 }
 
-/// Answers a connection over the limit with `503` + `Retry-After` and closes it; when even the
-/// answers are too many, closes it without one.
-fn shed(mut stream: TcpStream, shedding: &Arc<Semaphore>) {
+/// Answers a connection over the limit with `503` + `Retry-After` and closes it. The answer
+/// fits a fresh socket's send buffer, so it is written without waiting; a few connections at a
+/// time are then closed gently (reading what the client sent, so the close does not reset the
+/// answer away), the rest at once.
+fn shed(stream: TcpStream, shedding: &Arc<Semaphore>) {
+    // Straight to the kernel: tokio's own `try_write` would refuse until the reactor has seen
+    // the new socket writable.
+    let Ok(socket) = stream.into_std() else { return };
+    let _ = std::io::Write::write(&mut &socket, SHED_ANSWER);
     let Ok(permit) = shedding.clone().try_acquire_owned() else { return };
+    let Ok(mut stream) = TcpStream::from_std(socket) else { return };
     tokio::spawn(async move {
         let _ = tokio::time::timeout(SHED_WRITE_TIMEOUT, async {
-            let _ = stream.write_all(SHED_ANSWER).await;
             let _ = stream.shutdown().await;
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
         drop(permit);
