@@ -78,7 +78,7 @@ const UPLOAD_HEADER_SLACK_BYTES: usize = 64 * 1024;
 pub fn upload_limit_bytes(configured: Option<usize>, params: usize) -> usize {
     configured.unwrap_or(params * 4 + UPLOAD_HEADER_SLACK_BYTES)
 }
-use crate::simulate::behaviour::{ClientSpeed, Stragglers};
+use crate::simulate::behaviour::{Byzantine, ClientSpeed, Stragglers};
 
 /// A task: what `webfl serve` trains and what `webfl simulate` simulates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Args)]
@@ -228,6 +228,10 @@ pub struct SimulationConfig {
     /// wgpu engine, one client at a time; falls back to the CPU, saying why, without a GPU).
     #[arg(long, value_enum, default_value_t = SimBackend::Cpu)]
     pub backend: SimBackend,
+    /// Byzantine clients: FRACTION:sign-flip[:SCALE] (upload −SCALE·Δ) | FRACTION:scale:FACTOR
+    /// (upload FACTOR·Δ) | none.
+    #[arg(long, default_value = "none")]
+    pub attack: Byzantine,
 }
 
 /// `[server]`: how `webfl serve` guards itself and whom it serves — connections, timeouts, rate

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod datasets;
 pub mod eval;
+pub mod loadtest;
 pub mod plot;
 pub mod serve;
 pub mod service;

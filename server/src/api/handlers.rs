@@ -168,7 +168,7 @@ pub async fn upload(
 ) -> Result<(StatusCode, Json<UploadResponse>), ServiceError> {
     // Malformed uploads count among the refused ones too.
     let UpdateUpload(call) = call.map_err(|e| service.refused_upload(e))?;
-    service.upload(call).map(|accepted| (StatusCode::ACCEPTED, Json(accepted)))
+    service.upload(call).await.map(|accepted| (StatusCode::ACCEPTED, Json(accepted)))
 }
 
 /// A summary for people and dashboards.

@@ -43,6 +43,9 @@ pub enum Command {
     Privacy(privacy::PrivacyArgs),
     /// Print the server's OpenAPI 3.1 document (the one served at /api/openapi.json) as JSON.
     Openapi,
+    /// Load a server on this machine with many simulated clients (register, poll, upload) for a
+    /// bounded time; report latency percentiles, accepted uploads/s, errors and server memory.
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 /// Parses the process's arguments and runs the subcommand.
@@ -65,5 +68,6 @@ fn dispatch(cli: Cli, matches: &ArgMatches) -> Result<()> {
         Command::Serve(args) => serve::run(&args),
         Command::Privacy(args) => privacy::run(&args),
         Command::Openapi => openapi::run(),
+        Command::Loadtest(args) => crate::loadtest::run(&args),
     }
 }

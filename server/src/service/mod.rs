@@ -150,6 +150,8 @@ pub struct Service {
     commits_in_flight: Arc<AtomicUsize>,
     /// Set when the server is shutting down: check-ins are answered at once.
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Uploads being decoded and aggregated at once (one per core).
+    upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
@@ -234,6 +236,9 @@ impl Service {
             changed: Arc::new(changed),
             commits_in_flight: Arc::default(),
             shutting_down: Arc::default(),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )),
         })
     }
 
@@ -386,8 +391,22 @@ impl Service {
 
     /// Accepts one client's update into the open round. Every refusal leaves the round, the
     /// model and the counters unchanged (except the refusal counters).
-    pub fn upload(&self, call: UploadCall) -> Result<UploadResponse, ServiceError> {
-        let round_closed = self.accept(call).map_err(|e| self.refused_upload(e))?;
+    ///
+    /// Decoding and aggregating are CPU work: they run on blocking threads, at most one per core
+    /// at a time, so uploads neither stall the async threads nor each hold a decoded model in
+    /// memory while they wait.
+    pub async fn upload(&self, call: UploadCall) -> Result<UploadResponse, ServiceError> {
+        let _slot = self
+            .upload_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ServiceError::Internal("the server is stopping".into()))?;
+        let service = self.clone();
+        let accepted = tokio::task::spawn_blocking(move || service.accept(call))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("processing the upload failed: {e}")))?;
+        let round_closed = accepted.map_err(|e| self.refused_upload(e))?;
         Ok(UploadResponse { accepted: true, round_closed })
     }
 

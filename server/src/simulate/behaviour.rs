@@ -78,6 +78,64 @@ impl fmt::Display for Stragglers {
     }
 }
 
+/// Byzantine clients: a share of the population that uploads `multiplier · Δ` instead of its
+/// honest update Δ — a sign flip (`FRACTION:sign-flip[:SCALE]`, −SCALE·Δ, SCALE 1 by default) or
+/// a scaled update (`FRACTION:scale:FACTOR`) — or `none`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Byzantine {
+    pub fraction: f64,
+    pub multiplier: f64,
+}
+
+impl Byzantine {
+    pub const NONE: Self = Self { fraction: 0.0, multiplier: 1.0 };
+
+    /// What a Byzantine client reports instead of `local`: `global + multiplier · (local − global)`.
+    pub fn corrupt(&self, global: &webfl_shared::params::Params, local: &mut webfl_shared::params::Params) {
+        for (w, &g) in local.as_mut_slice().iter_mut().zip(global.as_slice()) {
+            *w = g + (self.multiplier as f32) * (*w - g);
+        }
+    }
+}
+
+impl FromStr for Byzantine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "none" {
+            return Ok(Self::NONE);
+        }
+        let bad = || format!("byzantine {s:?}: expected FRACTION:sign-flip[:SCALE], FRACTION:scale:FACTOR or none");
+        let mut parts = s.split(':');
+        let fraction: f64 = parts.next().and_then(|f| f.trim().parse().ok()).ok_or_else(bad)?;
+        let kind = parts.next().ok_or_else(bad)?.trim();
+        let number = parts.next().map(|v| v.trim().parse::<f64>().map_err(|_| bad())).transpose()?;
+        if parts.next().is_some() || !(0.0..=1.0).contains(&fraction) {
+            return Err(bad());
+        }
+        let multiplier = match (kind, number) {
+            ("sign-flip", scale) => -scale.unwrap_or(1.0),
+            ("scale", Some(factor)) => factor,
+            _ => return Err(bad()),
+        };
+        if !multiplier.is_finite() {
+            return Err(bad());
+        }
+        Ok(Self { fraction, multiplier })
+    }
+}
+
+impl fmt::Display for Byzantine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.fraction == 0.0 {
+            true => f.write_str("none"),
+            false if self.multiplier < 0.0 => write!(f, "{}:sign-flip:{}", self.fraction, -self.multiplier),
+            false => write!(f, "{}:scale:{}", self.fraction, self.multiplier),
+        }
+    }
+}
+
 macro_rules! serde_as_string {
     ($($t:ty),*) => {$(
         impl Serialize for $t {
@@ -92,7 +150,7 @@ macro_rules! serde_as_string {
         }
     )*};
 }
-serde_as_string!(ClientSpeed, Stragglers);
+serde_as_string!(ClientSpeed, Stragglers, Byzantine);
 
 /// One client's fixed traits.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +158,8 @@ pub struct Profile {
     /// Examples trained per second.
     pub samples_per_s: f64,
     pub straggler: bool,
+    /// Uploads a corrupted update (`--attack`).
+    pub byzantine: bool,
 }
 
 /// The behaviour model of a run.
@@ -131,7 +191,15 @@ impl Behaviour {
         };
         let straggler = r.random::<f64>() < self.cfg.stragglers.fraction;
         let slow = if straggler { self.cfg.stragglers.factor } else { 1.0 };
-        Profile { samples_per_s: self.cfg.samples_per_s * factor / slow, straggler }
+        // A stream of its own, so adding attackers leaves every other draw of a run as it was.
+        let byzantine = rng::stream(self.seed, Stream::Behaviour, &[2, client as u64]).random::<f64>()
+            < self.cfg.attack.fraction;
+        Profile { samples_per_s: self.cfg.samples_per_s * factor / slow, straggler, byzantine }
+    }
+
+    /// The attack Byzantine clients make.
+    pub fn byzantine(&self) -> Byzantine {
+        self.cfg.attack
     }
 
     /// Local training time of `examples` examples for `epochs` epochs.
@@ -185,6 +253,13 @@ mod tests {
     #[test]
     fn a_straggler_share_of_clients_is_slower_by_its_factor() {
         let cfg = SimulationConfig { stragglers: "0.2:10".parse().unwrap(), ..SimulationConfig::default() };
+        let attacked = Behaviour::new(3, &SimulationConfig { attack: "0.2:sign-flip:4".parse().unwrap(), ..cfg.clone() });
+        let byzantine = (0..1000).filter(|&c| attacked.profile(c).byzantine).count();
+        assert!((150..250).contains(&byzantine), "{byzantine} Byzantine of 1000");
+        for c in 0..50 {
+            let (plain, with) = (Behaviour::new(3, &cfg).profile(c), attacked.profile(c));
+            assert_eq!((plain.samples_per_s, plain.straggler), (with.samples_per_s, with.straggler));
+        }
         let b = Behaviour::new(3, &cfg);
         let profiles: Vec<Profile> = (0..1000).map(|c| b.profile(c)).collect();
         let slow = profiles.iter().filter(|p| p.straggler).count();
