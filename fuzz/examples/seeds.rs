@@ -93,14 +93,16 @@ fn wfds() -> Vec<Vec<u8>> {
     splits.iter().map(|s| mnist::encode(s).unwrap()).collect()
 }
 
-/// CSV texts (header or not, label first or named, string labels, CRLF, a BOM, quotes), each
-/// behind a few option selectors.
+/// CSV texts (header or not, label first or named, string labels, CRLF, a BOM, quotes, extreme
+/// values), each behind a few option selectors.
 fn csv() -> Vec<Vec<u8>> {
     let texts = [
         "x1,label,x2\n1,cat,2\n3,dog,4.5\n-1e-3,cat,0\n",
         "label,a,b\r\n0,1,2\r\n1,3,4\r\n\r\n2,5,6\r\n",
         "\u{feff}y,f1,f2\n\"1\",\"2.5\",7\n2,3,-8e3\n10,0,0.25\n",
         "1,2,3\n4,5,6\n7,8,9\n",
+        // Values at f32's limits (z-scoring them overflowed in f32).
+        "label,a\n0,3.4e38\n1,3.4e38\n0,-3.4e38\n1,1e-45\n",
     ];
     let selectors = [0u8, 0b0110_0000, 0b0001_0001, 0b1000_0110, 0b0111_1011];
     let mut seeds = Vec::new();
