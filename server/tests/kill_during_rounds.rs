@@ -43,6 +43,8 @@ const KILL_AFTER_MS: std::ops::Range<u64> = 100..2_500;
 const RESTART_WITHIN: Duration = Duration::from_secs(10);
 /// Every trial (run, kill, restart, checks) ends within this.
 const TRIAL_WITHIN: Duration = Duration::from_secs(90);
+/// How long a client "trains" between download and upload, drawn per round.
+const TRAIN_MS: std::ops::Range<u64> = 20..150;
 /// Client requests give up after this; a killed server resets their connections at once anyway.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,6 +110,8 @@ fn contribute(addr: &str, step: f32, stop: &AtomicBool, seen: &Shared) -> std::i
                     try_request(addr, "GET", &format!("/api/v1/models/{version}"), &[], b"", CLIENT_TIMEOUT)?;
                 assert_eq!(status, 200, "the assigned version {version} is not served");
                 seen.lock().unwrap().downloaded(version, &model);
+                // Training takes a while: the kill lands mid-round as often as mid-commit.
+                std::thread::sleep(Duration::from_millis(TRAIN_MS.start) + jitter(TRAIN_MS.end - TRAIN_MS.start));
                 let global = Params::from_safetensors_any(&model).expect("a served model parses");
                 let mut delta = Params::zeros(global.layout().clone());
                 delta.as_mut_slice().fill(step);
@@ -262,6 +266,7 @@ fn sigkill_at_random_moments_during_rounds_loses_no_announced_version() {
     eprintln!("first start: {} ms", first_start.as_millis());
 
     let (mut restarts, mut compared_total, mut verified, mut skipped_rounds) = (Vec::new(), 0, 0, 0);
+    let mut kills_in_open_round = 0;
     for trial in 1..=trials {
         let trial_started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
@@ -271,6 +276,8 @@ fn sigkill_at_random_moments_during_rounds_loses_no_announced_version() {
         let before = server.status();
         server.kill();
         stop_traffic(&stop, threads);
+        seen.lock().unwrap().announce(before["model_version"].as_u64().unwrap());
+        kills_in_open_round += u32::from(before["open_round"].is_u64());
 
         let (restarted, took) = start(&store, &task);
         server = restarted;
@@ -307,7 +314,8 @@ fn sigkill_at_random_moments_during_rounds_loses_no_announced_version() {
     let mean = restarts.iter().sum::<Duration>().checked_div(restarts.len() as u32).unwrap_or_default();
     println!(
         "kill -9 summary: trials={trials} versions_checked={compared_total} versions_total={} \
-         round_numbers_unrecorded={skipped_rounds} uploads_accepted={} restart_max_ms={} restart_mean_ms={} seed={seed}",
+         kills_in_open_round={kills_in_open_round} round_numbers_unrecorded={skipped_rounds} uploads_accepted={} \
+         restart_max_ms={} restart_mean_ms={} seed={seed}",
         seen.digests.len(),
         seen.accepted,
         max.as_millis(),
