@@ -15,7 +15,7 @@ fn check(ds: &Dataset) {
     assert!(ds.features.iter().all(|v| v.is_finite()), "a non-finite feature: {:?}", ds.features);
 }
 
-fuzz_target!(|bytes: &[u8]| {
+fuzz_target!(init: webfl_fuzz::seeds::plant("csv", webfl_fuzz::seeds::csv()), |bytes: &[u8]| {
     let Some((&selector, text)) = bytes.split_first() else { return };
     let Ok(text) = std::str::from_utf8(text) else { return };
     let (opts, test_fraction) = webfl_fuzz::csv_options(selector);

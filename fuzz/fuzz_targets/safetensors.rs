@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use webfl_shared::params::Params;
 
-fuzz_target!(|bytes: &[u8]| {
+fuzz_target!(init: webfl_fuzz::seeds::plant("safetensors", webfl_fuzz::seeds::safetensors()), |bytes: &[u8]| {
     let layout = webfl_fuzz::layout();
     if let Ok(params) = Params::from_safetensors(layout.clone(), bytes) {
         assert_eq!(params.len(), layout.len());

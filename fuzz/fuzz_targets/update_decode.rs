@@ -8,7 +8,7 @@ use webfl_shared::codec::{self, Compression};
 use webfl_shared::pipeline;
 use webfl_shared::rng;
 
-fuzz_target!(|body: &[u8]| {
+fuzz_target!(init: webfl_fuzz::seeds::plant("update_decode", webfl_fuzz::seeds::update_decode()), |body: &[u8]| {
     let layout = webfl_fuzz::layout();
     for spec in webfl_fuzz::update_specs() {
         let Ok(update) = pipeline::decode(body, layout.clone(), &spec) else { continue };

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use webfl_shared::data::mnist;
 
-fuzz_target!(|bytes: &[u8]| {
+fuzz_target!(init: webfl_fuzz::seeds::plant("wfds", webfl_fuzz::seeds::wfds()), |bytes: &[u8]| {
     if let Ok(split) = mnist::decode(bytes) {
         for ds in [&split.train, &split.test] {
             assert_eq!(ds.features.len(), ds.labels.len() * ds.sample_len());

@@ -1,6 +1,8 @@
-//! What the fuzz targets and the seed generator (`examples/seeds.rs`) share: the model layout the
-//! update and safetensors targets parse into, the task specs the update decoder runs under, and
-//! how a CSV input's first byte picks the parser's options.
+//! What the fuzz targets share: the model layout the update and safetensors targets parse into,
+//! the task specs the update decoder runs under, how a CSV input's first byte picks the parser's
+//! options, and the seed corpora (`seeds`), which every target plants when it starts.
+
+pub mod seeds;
 
 use std::sync::Arc;
 

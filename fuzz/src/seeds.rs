@@ -1,7 +1,6 @@
-//! Writes the seed corpora: valid inputs for every fuzz target, so the fuzzers start past the
-//! headers. `scripts/fuzz` runs it before fuzzing; nothing binary is committed.
-//!
-//! Usage: `cargo run --example seeds -- CORPUS_DIR` (writes `CORPUS_DIR/<target>/seed-*`).
+//! Seed corpora: valid inputs for every fuzz target, so the fuzzers start past the headers.
+//! Generated, never committed: each target plants its seeds in cargo-fuzz's corpus folder for it,
+//! `fuzz/corpus/<target>/seed-*`, when it starts (libFuzzer reads the folder after that).
 
 use std::path::Path;
 
@@ -12,22 +11,16 @@ use webfl_shared::params::{Layout, Params, TensorSpec};
 use webfl_shared::pipeline;
 use webfl_shared::rng;
 
-fn main() {
-    let dir = std::env::args().nth(1).expect("usage: seeds CORPUS_DIR");
-    let dir = Path::new(&dir);
-    let mut written = 0;
-    for (target, seeds) in
-        [("update_decode", updates()), ("safetensors", safetensors()), ("wfds", wfds()), ("csv", csv())]
-    {
-        let target_dir = dir.join(target);
-        std::fs::create_dir_all(&target_dir).expect("creating the corpus folder");
-        for (i, seed) in seeds.iter().enumerate() {
-            std::fs::write(target_dir.join(format!("seed-{i:02}")), seed).expect("writing a seed");
-        }
-        println!("{target}: {} seeds, {} bytes", seeds.len(), seeds.iter().map(Vec::len).sum::<usize>());
-        written += seeds.len();
+/// Writes `seeds` into `fuzz/corpus/<target>/` (the folder `cargo fuzz run <target>` fuzzes
+/// from). Best effort: fuzzing goes on without seeds where the folder cannot be written.
+pub fn plant(target: &str, seeds: Vec<Vec<u8>>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
     }
-    println!("{written} seeds in {}", dir.display());
+    for (i, seed) in seeds.iter().enumerate() {
+        let _ = std::fs::write(dir.join(format!("seed-{i:02}")), seed);
+    }
 }
 
 /// Small values in [-0.05, 0.05), varied by `seed`: an update well inside the dense spec's clip
@@ -40,10 +33,10 @@ fn small_values(len: usize, seed: u64) -> Vec<f32> {
 
 /// Uploads as clients prepare them under each spec (two rounds for the error-feedback codecs, so
 /// the second carries a residual), and raw encodings at the other lengths the target decodes.
-fn updates() -> Vec<Vec<u8>> {
-    let layout = webfl_fuzz::layout();
+pub fn update_decode() -> Vec<Vec<u8>> {
+    let layout = crate::layout();
     let mut seeds = Vec::new();
-    for (s, spec) in webfl_fuzz::update_specs().iter().enumerate() {
+    for (s, spec) in crate::update_specs().iter().enumerate() {
         let mut memory = ErrorFeedback::new(layout.len());
         for round in 0..2 {
             let values = small_values(layout.len(), (s * 2 + round) as u64);
@@ -54,7 +47,7 @@ fn updates() -> Vec<Vec<u8>> {
                     .expect("preparing a valid update");
             seeds.push(prepared.body);
         }
-        for len in webfl_fuzz::CODEC_LENGTHS {
+        for len in crate::CODEC_LENGTHS {
             seeds.push(
                 codec::encode(&small_values(len, 99), &spec.compression, None, &mut rng::derive(3, &[])).unwrap(),
             );
@@ -64,9 +57,9 @@ fn updates() -> Vec<Vec<u8>> {
 }
 
 /// The fuzzing 2NN's parameters (initialised, and all zero), and a file of other tensors.
-fn safetensors() -> Vec<Vec<u8>> {
-    let initialised = webfl_fuzz::two_nn().init_params(&mut rng::derive(4, &[])).unwrap();
-    let zeros = Params::zeros(webfl_fuzz::layout());
+pub fn safetensors() -> Vec<Vec<u8>> {
+    let initialised = crate::two_nn().init_params(&mut rng::derive(4, &[])).unwrap();
+    let zeros = Params::zeros(crate::layout());
     let other = Layout::new(vec![TensorSpec::new("w", vec![2, 3]), TensorSpec::new("b", vec![2])]).unwrap();
     let other = Params::from_vec(other.into(), small_values(8, 5)).unwrap();
     [initialised, zeros, other].iter().map(|p| p.to_safetensors().unwrap()).collect()
@@ -84,7 +77,7 @@ fn dataset(shape: &[usize], classes: usize, labels: &[u32]) -> Dataset {
 }
 
 /// Images (`[1, 2, 2]`, 3 classes), tabular rows, and a split with no samples at all.
-fn wfds() -> Vec<Vec<u8>> {
+pub fn wfds() -> Vec<Vec<u8>> {
     let splits = [
         Split { train: dataset(&[1, 2, 2], 3, &[0, 2, 1, 1]), test: dataset(&[1, 2, 2], 3, &[2, 0]) },
         Split { train: dataset(&[3], 1, &[]), test: dataset(&[3], 1, &[0]) },
@@ -95,7 +88,7 @@ fn wfds() -> Vec<Vec<u8>> {
 
 /// CSV texts (header or not, label first or named, string labels, CRLF, a BOM, quotes, extreme
 /// values), each behind a few option selectors.
-fn csv() -> Vec<Vec<u8>> {
+pub fn csv() -> Vec<Vec<u8>> {
     let texts = [
         "x1,label,x2\n1,cat,2\n3,dog,4.5\n-1e-3,cat,0\n",
         "label,a,b\r\n0,1,2\r\n1,3,4\r\n\r\n2,5,6\r\n",
