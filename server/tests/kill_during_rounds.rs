@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use webfl_shared::params::Params;
 
 /// Three clients for two reports a round: the third is selected too (over-selection) and finds
-/// the round closed when it reports, as a straggler does. Rounds close by target in well under a
-/// second, so every trial kills during training, mid-round or mid-commit.
+/// the round closed when it reports, as a straggler does. Rounds close by target within a few
+/// hundred milliseconds, so a kill lands while clients train, in an open round, or in a commit.
 const TASK: &str = r#"
 name = "kill-during-rounds"
 model = "2nn"
