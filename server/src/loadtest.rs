@@ -314,7 +314,8 @@ async fn client(shared: Arc<Shared>) -> Tally {
 /// The server's resident memory in MiB, from /proc.
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb / 1024.0)
 }
 
@@ -369,7 +370,8 @@ fn start_server(args: &LoadtestArgs) -> Result<(Started, SocketAddr)> {
     let mut banner = String::new();
     std::io::BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut banner)?;
     let started = Started { child, _dir: dir };
-    let url = banner.trim().strip_prefix("webfl serving at ").with_context(|| format!("unexpected banner {banner:?}"))?;
+    let url =
+        banner.trim().strip_prefix("webfl serving at ").with_context(|| format!("unexpected banner {banner:?}"))?;
     Ok((started, loopback(url)?))
 }
 

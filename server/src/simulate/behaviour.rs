@@ -192,8 +192,8 @@ impl Behaviour {
         let straggler = r.random::<f64>() < self.cfg.stragglers.fraction;
         let slow = if straggler { self.cfg.stragglers.factor } else { 1.0 };
         // A stream of its own, so adding attackers leaves every other draw of a run as it was.
-        let byzantine = rng::stream(self.seed, Stream::Behaviour, &[2, client as u64]).random::<f64>()
-            < self.cfg.attack.fraction;
+        let byzantine =
+            rng::stream(self.seed, Stream::Behaviour, &[2, client as u64]).random::<f64>() < self.cfg.attack.fraction;
         Profile { samples_per_s: self.cfg.samples_per_s * factor / slow, straggler, byzantine }
     }
 
@@ -253,7 +253,8 @@ mod tests {
     #[test]
     fn a_straggler_share_of_clients_is_slower_by_its_factor() {
         let cfg = SimulationConfig { stragglers: "0.2:10".parse().unwrap(), ..SimulationConfig::default() };
-        let attacked = Behaviour::new(3, &SimulationConfig { attack: "0.2:sign-flip:4".parse().unwrap(), ..cfg.clone() });
+        let attacked =
+            Behaviour::new(3, &SimulationConfig { attack: "0.2:sign-flip:4".parse().unwrap(), ..cfg.clone() });
         let byzantine = (0..1000).filter(|&c| attacked.profile(c).byzantine).count();
         assert!((150..250).contains(&byzantine), "{byzantine} Byzantine of 1000");
         for c in 0..50 {

@@ -285,13 +285,18 @@ impl Standardizer {
         Standardizer { mean: mean.iter().map(|&m| m as f32).collect(), std }
     }
 
+    /// Z-scores `ds` in place. Computed in f64 and saturated to the finite f32 range, so finite
+    /// features stay finite: in f32, `x − mean` overflows for values near ±3.4e38, and a test
+    /// value far outside the training spread can give a z-score beyond f32.
     pub fn apply(&self, ds: &mut Dataset) {
         let d = self.mean.len();
         if d == 0 {
             return;
         }
+        let max = f64::from(f32::MAX);
         for (k, x) in ds.features.iter_mut().enumerate() {
-            *x = (*x - self.mean[k % d]) / self.std[k % d];
+            let z = (f64::from(*x) - f64::from(self.mean[k % d])) / f64::from(self.std[k % d]);
+            *x = z.clamp(-max, max) as f32;
         }
     }
 }
@@ -447,6 +452,34 @@ mod tests {
         assert!(fitted.mean[0].abs() < 1e-5 && (fitted.std[0] - 1.0).abs() < 1e-5);
         let test_mean = Standardizer::fit(&split.test).mean[0];
         assert!(test_mean.abs() > 1e-4, "test set is not re-centred on itself");
+    }
+
+    /// Found by the `csv` fuzz target (from a seed at f32's limits): `x − mean` in f32 overflowed
+    /// to −∞ for values near ±3.4e38, so a CSV of finite numbers gave infinite features.
+    #[test]
+    fn standardizing_values_near_the_f32_limits_stays_finite() {
+        let opts = CsvOptions { standardize: true, ..CsvOptions::default() };
+        let ds = parse_csv("label,a\n0,3.4e38\n1,3.4e38\n0,-3.4e38\n", &opts).unwrap();
+        // mean 3.4e38/3, population std 3.4e38·√8/3: z = 1/√2, 1/√2, −√2.
+        let want = [0.5f32.sqrt(), 0.5f32.sqrt(), -(2.0f32.sqrt())];
+        for (got, want) in ds.features.iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{:?}", ds.features);
+        }
+    }
+
+    /// Test data z-scored with the train part's statistics can lie far outside them: saturated.
+    #[test]
+    fn a_z_score_beyond_f32_saturates() {
+        let fitted = Standardizer { mean: vec![0.0], std: vec![0.5] };
+        let mut ds = Dataset {
+            sample_shape: vec![1],
+            classes: 1,
+            class_names: vec!["a".into()],
+            features: vec![3e38, -3e38, 2.0],
+            labels: vec![0; 3],
+        };
+        fitted.apply(&mut ds);
+        assert_eq!(ds.features, vec![f32::MAX, -f32::MAX, 4.0]);
     }
 
     #[test]
