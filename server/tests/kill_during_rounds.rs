@@ -34,6 +34,11 @@ over_selection = 1.5
 min_reports = 2
 deadline_secs = 30
 retry_after_secs = 0.2
+
+# Every version is kept, so every announced one can be compared after a kill (retention itself
+# is tested in guards.rs).
+[server]
+keep_last_versions = 1000000
 "#;
 
 const CLIENTS: usize = 3;
