@@ -613,3 +613,48 @@ fn a_page_trains_on_the_partition_that_partition_and_simulate_show() {
         }
     }
 }
+
+/// A fifth of the clients upload −10·Δ (sign flip): FedAvg's mean then cancels the honest
+/// updates, while the trimmed mean and the median discard the attackers' coordinates and end
+/// close to their clean runs.
+#[test]
+fn byzantine_clients_stall_fedavg_but_not_the_robust_aggregators() {
+    let out = tempfile::tempdir().unwrap();
+    simulate(
+        out.path(),
+        &[
+            "--clients",
+            "30",
+            "--rounds",
+            "12",
+            "--target-reports",
+            "10",
+            "--over-selection",
+            "1",
+            "--compare",
+            "strategy=fedavg,trimmed-mean,median",
+            "--compare",
+            "attack=none,0.2:sign-flip:10",
+        ],
+    );
+    let summary = read(&out.path().join("summary.csv"));
+    let accuracy = |config: &str| -> f64 {
+        let line = summary
+            .lines()
+            .find(|l| l.starts_with(&format!("\"{config}\"")))
+            .unwrap_or_else(|| panic!("{config}: {summary}"));
+        line.rsplit_once("\",").unwrap().1.split(',').next().unwrap().parse().unwrap()
+    };
+    let clean = accuracy("strategy=fedavg attack=none");
+    let attacked = accuracy("strategy=fedavg attack=0.2:sign-flip:10");
+    println!("fedavg: clean {clean:.3}, attacked {attacked:.3}");
+    assert!(attacked < clean - 0.05, "FedAvg is not hurt by the attack: {summary}");
+    for robust in ["trimmed-mean", "median"] {
+        let (clean, attacked) = (
+            accuracy(&format!("strategy={robust} attack=none")),
+            accuracy(&format!("strategy={robust} attack=0.2:sign-flip:10")),
+        );
+        println!("{robust}: clean {clean:.3}, attacked {attacked:.3}");
+        assert!(attacked >= clean - 0.02, "{robust} lost more than 2 pp to the attack: {summary}");
+    }
+}
