@@ -248,6 +248,9 @@ pub struct ServerConfig {
     pub header_timeout_secs: f64,
     /// Seconds a request body has to arrive in full.
     pub body_timeout_secs: f64,
+    /// Upload bodies held in memory at once (being received or waiting for a core), in MiB;
+    /// beyond it uploads are answered `503` with `Retry-After`.
+    pub upload_buffer_mib: usize,
     /// New identities one address may register per minute.
     pub registrations_per_minute: u32,
     /// Check-ins one client may make per minute (a polling browser makes about 30).
@@ -278,6 +281,7 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             header_timeout_secs: 15.0,
             body_timeout_secs: 30.0,
+            upload_buffer_mib: 256,
             registrations_per_minute: 60,
             checkins_per_minute: 120,
             uploads_per_minute: 20,
@@ -294,6 +298,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.max_connections > 0, "server.max_connections must be at least 1");
+        anyhow::ensure!(self.upload_buffer_mib > 0, "server.upload_buffer_mib must be at least 1");
         for (what, secs) in [
             ("server.header_timeout_secs", self.header_timeout_secs),
             ("server.body_timeout_secs", self.body_timeout_secs),

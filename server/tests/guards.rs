@@ -278,3 +278,14 @@ async fn pages_carry_security_headers_cors_is_an_allow_list_and_nothing_redirect
     let (_, denied, _) = call(&app, preflight("https://evil.example")).await;
     assert!(!denied.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN), "{denied:?}");
 }
+
+#[tokio::test]
+async fn upload_bodies_in_memory_are_bounded() {
+    let (service, _) = serve(ServerConfig { upload_buffer_mib: 1, ..ServerConfig::default() });
+    let first = service.reserve_upload(600 * 1024).unwrap();
+    let Err(refused) = service.reserve_upload(600 * 1024) else { panic!("1 MiB holds one 600 KiB body") };
+    assert_eq!((refused.refusal().http_status(), refused.code()), (503, "overloaded"));
+    assert!(refused.retry_after_ms().is_some());
+    drop(first);
+    assert!(service.reserve_upload(600 * 1024).is_ok(), "room again once the first is processed");
+}

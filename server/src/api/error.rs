@@ -14,7 +14,7 @@ impl IntoResponse for ServiceError {
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ServiceError::RateLimited { retry_after_ms, .. } = self {
+        if let Some(retry_after_ms) = self.retry_after_ms() {
             // Whole seconds, rounded up: Retry-After has no finer unit.
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_ms.div_ceil(1000)));
         }

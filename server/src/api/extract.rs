@@ -142,7 +142,21 @@ impl FromRequest<Service> for UpdateUpload {
         }
         let content_type =
             headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        // Room in the upload buffer for what the body declares (or may be), before reading it.
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let reservation = service.reserve_upload(declared.unwrap_or(usize::MAX).min(service.upload_limit_bytes()))?;
         let body = read_body(Request::from_parts(parts, body), service.upload_limit_bytes(), service).await;
-        Ok(UpdateUpload(UploadCall { round, client_id, token, model_version, examples, content_type, body, peer }))
+        let reservation = Some(reservation);
+        Ok(UpdateUpload(UploadCall {
+            round,
+            client_id,
+            token,
+            model_version,
+            examples,
+            content_type,
+            body,
+            peer,
+            reservation,
+        }))
     }
 }

@@ -160,6 +160,9 @@ pub async fn model(State(service): State<Service>, Number(version): Number) -> R
         (status = 429, description = "`rate_limited`: too many uploads from this client or address; come back \
                                       after `Retry-After` seconds.",
          body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = "`overloaded`: the server holds as many upload bodies as it may; send \
+                                      this one again after `Retry-After` seconds.",
+         body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
 )]
 pub async fn upload(

@@ -25,6 +25,8 @@ pub enum Refusal {
     TooManyRequests,
     /// The server's own failure (500).
     Internal,
+    /// Too busy now; come back after `Retry-After` (503).
+    Unavailable,
 }
 
 impl Refusal {
@@ -42,6 +44,7 @@ impl Refusal {
             Refusal::Unprocessable => 422,
             Refusal::TooManyRequests => 429,
             Refusal::Internal => 500,
+            Refusal::Unavailable => 503,
         }
     }
 }
@@ -66,6 +69,8 @@ pub enum ServiceError {
     Round(#[from] RoundError),
     #[error("{message}")]
     RateLimited { retry_after_ms: u64, message: String },
+    #[error("{message}")]
+    Overloaded { retry_after_ms: u64, message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -76,6 +81,16 @@ impl ServiceError {
     }
 
     /// The refusal as the protocol's JSON body.
+    /// How long the client should stay away, for refusals that say (`Retry-After`).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ServiceError::RateLimited { retry_after_ms, .. } | ServiceError::Overloaded { retry_after_ms, .. } => {
+                Some(*retry_after_ms)
+            }
+            _ => None,
+        }
+    }
+
     pub fn body(&self) -> webfl_shared::protocol::ErrorBody {
         webfl_shared::protocol::ErrorBody { error: self.code().to_string(), message: self.to_string() }
     }
@@ -103,6 +118,7 @@ impl ServiceError {
                 RoundError::BadPolicy(_) | RoundError::NothingToCommit => Refusal::Internal,
             },
             ServiceError::RateLimited { .. } => Refusal::TooManyRequests,
+            ServiceError::Overloaded { .. } => Refusal::Unavailable,
             ServiceError::Internal(_) => Refusal::Internal,
         }
     }
@@ -131,6 +147,7 @@ impl ServiceError {
                 RoundError::BadUpdate(_) => "bad_update",
             },
             ServiceError::RateLimited { .. } => "rate_limited",
+            ServiceError::Overloaded { .. } => "overloaded",
             ServiceError::Internal(_) => "internal",
         }
     }

@@ -134,6 +134,8 @@ pub struct UploadCall {
     pub content_type: String,
     pub body: Result<bytes::Bytes, ServiceError>,
     pub peer: Option<IpAddr>,
+    /// The body's share of the upload buffer, held until the upload is processed.
+    pub reservation: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The running service; cheap to clone.
@@ -152,6 +154,8 @@ pub struct Service {
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
     /// Uploads being decoded and aggregated at once (one per core).
     upload_slots: Arc<tokio::sync::Semaphore>,
+    /// KiB of upload bodies the server holds at once (`[server] upload_buffer_mib`).
+    upload_buffer: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
@@ -201,6 +205,7 @@ impl Service {
         let terms =
             AssignmentTerms { plan: setup.plan, model: setup.spec.clone(), upload_limit_bytes, update: setup.update };
         let server = &setup.server;
+        let server_buffer_kib = server.upload_buffer_mib.saturating_mul(1024).min(tokio::sync::Semaphore::MAX_PERMITS);
         let task = Task {
             name: setup.name,
             spec: setup.spec,
@@ -239,6 +244,7 @@ impl Service {
             upload_slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )),
+            upload_buffer: Arc::new(tokio::sync::Semaphore::new(server_buffer_kib)),
         })
     }
 
@@ -249,6 +255,17 @@ impl Service {
     /// The `[server]` settings the service was started with.
     pub fn server_config(&self) -> &ServerConfig {
         &self.task.server
+    }
+
+    /// Reserves room for an upload body of (at most) `bytes` in the upload buffer, or refuses
+    /// with `503` when the buffer is full: memory stays bounded however many clients upload at
+    /// once.
+    pub fn reserve_upload(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ServiceError> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        self.upload_buffer.clone().try_acquire_many_owned(kib).map_err(|_| ServiceError::Overloaded {
+            retry_after_ms: 2_000,
+            message: "the server is holding as many uploads as it may; send this one again shortly".into(),
+        })
     }
 
     /// How long a request body may take to arrive in full.

@@ -568,10 +568,7 @@ impl Driver<'_> {
 
 /// A refusal exactly as `webfl serve` answers it: the service's status and `ErrorBody`.
 fn refusal(e: ServiceError) -> Failure {
-    let retry_after_ms = match &e {
-        ServiceError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
-        _ => None,
-    };
+    let retry_after_ms = e.retry_after_ms();
     Failure {
         retry_after_ms,
         ..Failure::http(e.refusal().http_status(), &serde_json::to_vec(&e.body()).unwrap_or_default())
