@@ -99,6 +99,8 @@ struct Tally {
     accepted: u64,
     /// `409`: the round moved on without the update (not an error).
     late: u64,
+    /// `429`/`503`: told to come back later (load shedding, not an error).
+    shed: u64,
     /// Refusals and failures by status (`0`: the connection failed).
     errors: std::collections::BTreeMap<u16, u64>,
     first_error: Option<String>,
@@ -116,6 +118,7 @@ impl Tally {
         self.upload.0.extend(other.upload.0);
         self.accepted += other.accepted;
         self.late += other.late;
+        self.shed += other.shed;
         for (status, n) in other.errors {
             *self.errors.entry(status).or_default() += n;
         }
@@ -135,6 +138,8 @@ struct Report {
     uploads_accepted: u64,
     uploads_accepted_per_s: f64,
     uploads_late: u64,
+    /// Requests answered `429` or `503` (come back later).
+    shed: u64,
     errors: std::collections::BTreeMap<u16, u64>,
     first_error: Option<String>,
     server_peak_rss_mib: Option<f64>,
@@ -249,6 +254,11 @@ async fn client(shared: Arc<Shared>) -> Tally {
                     }
                 }
             }
+            Ok((429 | 503, _)) => {
+                tally.shed += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
             Ok((status, body)) => {
                 tally.error(status, format!("check-in: {status} {}", String::from_utf8_lossy(&body)));
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -288,6 +298,11 @@ async fn client(shared: Arc<Shared>) -> Tally {
                     Ok((409, _)) => {
                         tally.upload.add(sent.elapsed());
                         tally.late += 1;
+                    }
+                    Ok((429 | 503, _)) => {
+                        // As a browser does: the update is dropped and the client backs off.
+                        tally.shed += 1;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
                     }
                     Ok((status, body)) => {
                         tally.error(status, format!("upload: {status} {}", String::from_utf8_lossy(&body)))
@@ -463,6 +478,7 @@ async fn load(args: &LoadtestArgs, addr: SocketAddr, pid: Option<u32>) -> Result
         uploads_accepted: total.accepted,
         uploads_accepted_per_s: total.accepted as f64 / args.seconds,
         uploads_late: total.late,
+        shed: total.shed,
         register: total.register.summary(),
         check_in: total.check_in.summary(),
         upload: total.upload.summary(),
@@ -484,6 +500,7 @@ fn print_report(r: &Report) {
         "  uploads   {} accepted ({:.0}/s), {} after their round moved on (409)",
         r.uploads_accepted, r.uploads_accepted_per_s, r.uploads_late
     );
+    println!("  shed      {} requests told to come back later (429/503)", r.shed);
     let errors: u64 = r.errors.values().sum();
     println!("  errors    {errors} {:?}", r.errors);
     if let Some(e) = &r.first_error {
