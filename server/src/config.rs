@@ -439,7 +439,8 @@ impl TaskConfig {
     /// The settings that define the task, as the store keeps them: everything but `[server]`,
     /// which can change between runs (and holds the operator's secret).
     pub fn identity_json(&self) -> Result<String> {
-        let mut value = serde_json::to_value(self)?;
+        // Through text, so f32 settings keep their shortest form (0.1, not 0.10000000149011612).
+        let mut value: Value = serde_json::from_str(&serde_json::to_string(self)?)?;
         if let Some(table) = value.as_object_mut() {
             table.remove("server");
         }

@@ -580,22 +580,24 @@ mod tests {
         assert_eq!((c.version(), c.rounds_completed()), (0, 0));
     }
 
-    /// Each update is valid on its own, but their aggregate overflows: the closing update is
-    /// still accepted (it did nothing wrong), the round is abandoned and recorded, and the model
-    /// and optimizer are untouched — a refusal never follows from someone else's update.
+    /// Each update is valid on its own, but the server optimizer's step overflows (server
+    /// learning rate 100 on updates of 1e37): the closing update is still accepted (it did
+    /// nothing wrong), the round is abandoned and recorded, and the model and optimizer are
+    /// untouched — a refusal never follows from someone else's update.
     #[test]
     fn a_round_whose_updates_cannot_be_combined_is_abandoned_not_blamed_on_the_closer() {
-        let strategy = StrategyConfig::new(StrategyKind::FedAvg).build().unwrap();
-        let mut c = SyncCoordinator::new(policy(), strategy, p([3.0e38, 0.0]), fresh(), None).unwrap();
+        let config = StrategyConfig { server_lr: Some(100.0), ..StrategyConfig::new(StrategyKind::FedAvgM) };
+        let strategy = config.build().unwrap();
+        let mut c = SyncCoordinator::new(policy(), strategy, p([0.0, 0.0]), fresh(), None).unwrap();
         c.check_in("a", 0);
         c.check_in("b", 0);
-        c.up("a", 1, 0, &p([3.0e38, 1.0]), 1, 1).unwrap();
-        let settled = c.up("b", 1, 0, &p([3.0e38, 1.0]), 1, 2).expect("the closing update is accepted");
+        c.up("a", 1, 0, &p([1.0e37, 1.0]), 1, 1).unwrap();
+        let settled = c.up("b", 1, 0, &p([1.0e37, 1.0]), 1, 2).expect("the closing update is accepted");
         let Some(Settled::Abandoned { round: 1, reports: 2, why: AbandonReason::AggregationFailed(_), .. }) = settled
         else {
             panic!("expected an abandoned round, got {settled:?}")
         };
-        assert_eq!((c.version(), c.global().as_slice()), (0, &[3.0e38, 0.0][..]));
+        assert_eq!((c.version(), c.global().as_slice()), (0, &[0.0, 0.0][..]));
         assert_eq!(assigned(c.check_in("a", 3)), (2, 0));
     }
 
