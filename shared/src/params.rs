@@ -219,24 +219,12 @@ impl Params {
 
     /// Parses safetensors bytes that must hold exactly the tensors of `layout`.
     pub fn from_safetensors(layout: Arc<Layout>, bytes: &[u8]) -> Result<Params, ParamsError> {
-        Ok(Self::from_safetensors_checking(layout, bytes)?.0)
-    }
-
-    /// [`from_safetensors`](Self::from_safetensors), and whether every value is finite, found
-    /// in the same pass that converts the bytes (an update is validated without reading it twice).
-    pub(crate) fn from_safetensors_checking(layout: Arc<Layout>, bytes: &[u8]) -> Result<(Params, bool), ParamsError> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| ParamsError::Safetensors(e.to_string()))?;
         // Filled in layout order by appending, so the buffer is never zeroed first.
         let mut data = Vec::with_capacity(layout.len());
-        let mut finite = true;
-        for spec in layout.tensors() {
-            let view = st.tensor(&spec.name).map_err(|_| ParamsError::Missing { name: spec.name.clone() })?;
-            finite &= read_f32_tensor(&spec.name, &view, Some(&spec.shape), &mut data)?;
+        for tensor in safetensors_values(&layout, bytes)? {
+            extend_f32s_from_le_bytes(&mut data, tensor);
         }
-        if let Some(extra) = st.names().into_iter().find(|n| layout.index_of(n).is_none()) {
-            return Err(ParamsError::Unexpected { name: extra.to_string() });
-        }
-        Ok((Params::from_vec(layout, data)?, finite))
+        Params::from_vec(layout, data)
     }
 
     /// Parses any F32 safetensors file; tensors are ordered by name.
@@ -254,13 +242,24 @@ impl Params {
     }
 }
 
-/// Appends an F32 tensor's values to `out`; returns whether all of them are finite.
-fn read_f32_tensor(
-    name: &str,
-    view: &TensorView<'_>,
-    expected_shape: Option<&[usize]>,
-    out: &mut Vec<f32>,
-) -> Result<bool, ParamsError> {
+/// The little-endian f32 bytes of each tensor of `layout` in a safetensors file, in layout
+/// order, after checking that the file holds exactly those tensors with their dtype and shapes.
+pub(crate) fn safetensors_values<'a>(layout: &Layout, bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, ParamsError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| ParamsError::Safetensors(e.to_string()))?;
+    let mut values = Vec::with_capacity(layout.tensors().len());
+    for spec in layout.tensors() {
+        let view = st.tensor(&spec.name).map_err(|_| ParamsError::Missing { name: spec.name.clone() })?;
+        check_f32_tensor(&spec.name, &view, Some(&spec.shape))?;
+        values.push(view.data());
+    }
+    if let Some(extra) = st.names().into_iter().find(|n| layout.index_of(n).is_none()) {
+        return Err(ParamsError::Unexpected { name: extra.to_string() });
+    }
+    Ok(values)
+}
+
+/// Checks an F32 tensor's dtype and, when given, its shape.
+fn check_f32_tensor(name: &str, view: &TensorView<'_>, expected_shape: Option<&[usize]>) -> Result<(), ParamsError> {
     if view.dtype() != Dtype::F32 {
         return Err(ParamsError::WrongDtype { name: name.to_string(), dtype: format!("{:?}", view.dtype()) });
     }
@@ -273,7 +272,7 @@ fn read_f32_tensor(
             });
         }
     }
-    Ok(extend_f32s_from_le_bytes(out, view.data()))
+    Ok(())
 }
 
 /// Bits of an f32 exponent; a value is finite unless they are all set.
@@ -294,6 +293,30 @@ const FINITE_BLOCK: usize = 1024;
 /// checks one value at a time).
 pub fn all_finite(v: &[f32]) -> bool {
     v.chunks(FINITE_BLOCK).all(|block| block.iter().fold(0, |flags, x| flags | non_finite_flag(x.to_bits())) >> 31 == 0)
+}
+
+/// Whether every little-endian f32 in `bytes` is finite: a read-only pass at memory speed (on
+/// all cores with feature `parallel`).
+pub fn le_f32s_all_finite(bytes: &[u8]) -> bool {
+    #[cfg(feature = "parallel")]
+    if bytes.len() >= 2 * PARALLEL_BYTES {
+        use rayon::prelude::*;
+        return bytes.par_chunks(PARALLEL_BYTES).all(le_f32s_all_finite_serial);
+    }
+    le_f32s_all_finite_serial(bytes)
+}
+
+/// Bytes per parallel task of [`le_f32s_all_finite`].
+#[cfg(feature = "parallel")]
+const PARALLEL_BYTES: usize = 1 << 18;
+
+fn le_f32s_all_finite_serial(bytes: &[u8]) -> bool {
+    bytes.chunks(4 * FINITE_BLOCK).all(|block| {
+        let flags = block
+            .chunks_exact(4)
+            .fold(0, |flags, c| flags | non_finite_flag(u32::from_le_bytes(c.try_into().expect("chunks of 4"))));
+        flags >> 31 == 0
+    })
 }
 
 /// Appends the little-endian f32s of `bytes` (4 per value) to `out` and returns whether all are

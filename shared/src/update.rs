@@ -2,10 +2,15 @@
 //! (every value finite, sparse indices in range and increasing), and dense or sparse as it was
 //! sent.
 //!
-//! The checks run once, where the values are produced — fused into the decoder's conversion
-//! loop ([`crate::pipeline::decode`], [`Update::from_safetensors`]) or in
+//! The checks run once, where the values are produced — in the decoders
+//! ([`crate::pipeline::decode`], [`Update::from_safetensors`]) or in
 //! [`Update::dense`]/[`SparseUpdate::new`] — and the type carries the result: the strategy and
 //! its aggregators trust an `Update` and never scan it again.
+//!
+//! A dense body whose values are plain little-endian f32s (safetensors, the `none` codec) is not
+//! copied: the update keeps the received bytes ([`bytes::Bytes`], shared, not cloned) after one
+//! read-only pass has checked them, and FedAvg adds them straight from there. Writing a decoded
+//! copy would cost more memory traffic than adding it does.
 //!
 //! Sparse updates (top-k, random-k) keep only the sent coordinates, so FedAvg adds `k` values
 //! rather than a model-sized vector; a stage that needs every coordinate (a robust rule) asks for
@@ -14,7 +19,9 @@
 
 use std::sync::Arc;
 
-use crate::params::{Layout, Params, ParamsError, all_finite};
+use bytes::Bytes;
+
+use crate::params::{Layout, Params, ParamsError, all_finite, extend_f32s_from_le_bytes, le_f32s_all_finite};
 
 /// A decoded, validated update. Built only through the checking constructors, so holding one
 /// proves its values are finite.
@@ -24,7 +31,41 @@ pub struct Update(Form);
 #[derive(Clone, Debug, PartialEq)]
 enum Form {
     Dense(Params),
+    Received(ReceivedValues),
     Sparse(SparseUpdate),
+}
+
+/// Every coordinate as little-endian f32s inside a received body, checked finite: tensor `i` of
+/// the layout is the `4 · numel` bytes at `starts[i]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedValues {
+    layout: Arc<Layout>,
+    body: Bytes,
+    starts: Vec<usize>,
+}
+
+impl ReceivedValues {
+    /// The bytes of each tensor, in layout order, with the range of the flat vector it covers.
+    pub fn tensors(&self) -> impl Iterator<Item = (std::ops::Range<usize>, &[u8])> {
+        self.starts.iter().enumerate().map(|(i, &start)| {
+            let range = self.layout.range(i);
+            let bytes = &self.body[start..start + 4 * range.len()];
+            (range, bytes)
+        })
+    }
+
+    fn values(&self) -> impl Iterator<Item = f32> + '_ {
+        self.tensors()
+            .flat_map(|(_, b)| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("chunks of 4"))))
+    }
+
+    fn to_dense(&self) -> Params {
+        let mut data = Vec::with_capacity(self.layout.len());
+        for (_, bytes) in self.tensors() {
+            extend_f32s_from_le_bytes(&mut data, bytes);
+        }
+        Params::from_vec(self.layout.clone(), data).expect("sized from the layout")
+    }
 }
 
 /// How an [`Update`] is stored, for the code that adds it up.
@@ -32,6 +73,8 @@ enum Form {
 pub enum UpdateView<'a> {
     /// Every coordinate.
     Dense(&'a Params),
+    /// Every coordinate, as the received little-endian bytes.
+    Received(&'a ReceivedValues),
     /// Only the sent coordinates; every other one is zero.
     Sparse(&'a SparseUpdate),
 }
@@ -72,19 +115,36 @@ impl Update {
         Update(Form::Sparse(sparse))
     }
 
-    /// Parses a safetensors body holding exactly the tensors of `layout`; values are converted
-    /// and checked for finiteness in one pass.
-    pub fn from_safetensors(layout: Arc<Layout>, bytes: &[u8]) -> Result<Self, UpdateError> {
-        let (params, finite) = Params::from_safetensors_checking(layout, bytes)?;
-        if !finite {
-            check_finite(params.as_slice())?;
+    /// Parses a safetensors body holding exactly the tensors of `layout` and checks its values
+    /// in one read-only pass; the update keeps the body rather than a copy.
+    pub fn from_safetensors(layout: Arc<Layout>, body: &Bytes) -> Result<Self, UpdateError> {
+        let tensors = crate::params::safetensors_values(&layout, body)?;
+        let mut starts = Vec::with_capacity(tensors.len());
+        let mut before = 0;
+        for (i, bytes) in tensors.iter().enumerate() {
+            if !le_f32s_all_finite(bytes) {
+                let values: Vec<f32> =
+                    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+                check_finite(&values).map_err(|e| e.shifted(before))?;
+            }
+            before += layout.range(i).len();
+            starts.push(offset_in(body, bytes));
         }
-        Ok(Update(Form::Dense(params)))
+        Ok(Update(Form::Received(ReceivedValues { layout, body: body.clone(), starts })))
+    }
+
+    /// For decoders: `values` (inside `body`) are the layout's little-endian f32s, in order, all
+    /// checked finite.
+    pub(crate) fn trusted_received(layout: Arc<Layout>, body: &Bytes, values: &[u8]) -> Self {
+        let start = offset_in(body, values);
+        let starts = (0..layout.tensors().len()).map(|i| start + 4 * layout.range(i).start).collect();
+        Update(Form::Received(ReceivedValues { layout, body: body.clone(), starts }))
     }
 
     pub fn view(&self) -> UpdateView<'_> {
         match &self.0 {
             Form::Dense(p) => UpdateView::Dense(p),
+            Form::Received(r) => UpdateView::Received(r),
             Form::Sparse(s) => UpdateView::Sparse(s),
         }
     }
@@ -96,6 +156,7 @@ impl Update {
     pub fn layout(&self) -> &Arc<Layout> {
         match &self.0 {
             Form::Dense(p) => p.layout(),
+            Form::Received(r) => &r.layout,
             Form::Sparse(s) => &s.layout,
         }
     }
@@ -109,17 +170,15 @@ impl Update {
         self.len() == 0
     }
 
-    /// The values that are stored: all of them when dense, the sent ones when sparse.
-    pub fn stored_values(&self) -> &[f32] {
-        match &self.0 {
-            Form::Dense(p) => p.as_slice(),
-            Form::Sparse(s) => &s.values,
-        }
-    }
-
     /// `‖Δ‖₂`, accumulated in f64 (the zeros of a sparse update add nothing).
     pub fn l2_norm(&self) -> f64 {
-        self.stored_values().iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
+        let square = |v: f32| f64::from(v) * f64::from(v);
+        let sum: f64 = match &self.0 {
+            Form::Dense(p) => p.as_slice().iter().map(|&v| square(v)).sum(),
+            Form::Received(r) => r.values().map(square).sum(),
+            Form::Sparse(s) => s.values.iter().map(|&v| square(v)).sum(),
+        };
+        sum.sqrt()
     }
 
     /// `Some(Δ · S/‖Δ‖)` when `‖Δ‖ > S`, `None` when it is already within the bound (Sun et al.
@@ -131,10 +190,14 @@ impl Update {
             return None;
         }
         let factor = bound / norm;
-        let mut out = self.clone();
+        let mut out = match &self.0 {
+            Form::Received(r) => Update(Form::Dense(r.to_dense())),
+            _ => self.clone(),
+        };
         let values = match &mut out.0 {
             Form::Dense(p) => p.as_mut_slice(),
             Form::Sparse(s) => &mut s.values,
+            Form::Received(_) => unreachable!("made dense above"),
         };
         for v in values {
             *v = (f64::from(*v) * factor) as f32;
@@ -146,6 +209,7 @@ impl Update {
     pub fn to_dense(&self) -> Params {
         match &self.0 {
             Form::Dense(p) => p.clone(),
+            Form::Received(r) => r.to_dense(),
             Form::Sparse(s) => s.to_dense(),
         }
     }
@@ -198,6 +262,23 @@ impl SparseUpdate {
     }
 }
 
+/// Where `part` (a subslice of `body`) starts in it.
+fn offset_in(body: &[u8], part: &[u8]) -> usize {
+    let offset = part.as_ptr() as usize - body.as_ptr() as usize;
+    debug_assert!(offset + part.len() <= body.len());
+    offset
+}
+
+impl UpdateError {
+    /// The same error for a slice that starts `by` values later.
+    fn shifted(self, by: usize) -> Self {
+        match self {
+            UpdateError::NonFinite { position, value } => UpdateError::NonFinite { position: position + by, value },
+            other => other,
+        }
+    }
+}
+
 fn check_finite(values: &[f32]) -> Result<(), UpdateError> {
     if all_finite(values) {
         return Ok(());
@@ -224,7 +305,7 @@ mod tests {
                 v[at] = bad;
                 let err = Update::dense(Params::from_vec(layout(n), v.clone()).unwrap()).unwrap_err();
                 assert!(matches!(err, UpdateError::NonFinite { position, .. } if position == at), "{err}");
-                let bytes = Params::from_vec(layout(n), v).unwrap().to_safetensors().unwrap();
+                let bytes = Bytes::from(Params::from_vec(layout(n), v).unwrap().to_safetensors().unwrap());
                 let err = Update::from_safetensors(layout(n), &bytes).unwrap_err();
                 assert!(matches!(err, UpdateError::NonFinite { position, .. } if position == at), "{err}");
             }

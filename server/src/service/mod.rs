@@ -451,11 +451,12 @@ fn latest_accuracy(history: &[RoundRecord]) -> Option<f64> {
 /// The update in an upload body: the pipeline's encoding (`Content-Type:
 /// application/x-webfl-update`, the task's codec only; sparse codecs stay sparse) or, for tasks
 /// without compression, plain safetensors (`application/octet-stream`, what PyTorch tooling
-/// writes). Either way its values are checked once, as they are read.
+/// writes). Either way its values are checked once, as they are read, and plain f32 values are
+/// kept in the body rather than copied.
 pub(crate) fn decode_update(
     spec: &UpdateSpec,
     content_type: &str,
-    body: &[u8],
+    body: &bytes::Bytes,
     layout: Arc<webfl_shared::Layout>,
 ) -> Result<Update, ServiceError> {
     if content_type.starts_with(UPDATE_CONTENT_TYPE) {

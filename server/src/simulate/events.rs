@@ -450,7 +450,8 @@ impl Driver<'_> {
             return Ok(Err(refusal(ServiceError::TooLarge(terms.upload_limit_bytes))));
         }
         let layout = self.coordinator.global().layout().clone();
-        let update = match decode_update(&terms.update, request.content_type, &request.body, layout) {
+        let body = bytes::Bytes::copy_from_slice(&request.body);
+        let update = match decode_update(&terms.update, request.content_type, &body, layout) {
             Ok(update) => update,
             Err(e) => return Ok(Err(refusal(e))),
         };

@@ -148,6 +148,11 @@ impl Aggregator for Mean {
         }
         match update.view() {
             UpdateView::Dense(p) => accumulate(&mut self.sum, p.as_slice(), w),
+            UpdateView::Received(r) => {
+                for (range, bytes) in r.tensors() {
+                    accumulate_le(&mut self.sum[range], bytes, w);
+                }
+            }
             UpdateView::Sparse(s) => {
                 for (&i, &x) in s.indices().iter().zip(s.values()) {
                     self.sum[i as usize] += w * f64::from(x);
@@ -214,11 +219,30 @@ pub fn accumulate_serial(sum: &mut [f64], x: &[f32], w: f64) {
     }
 }
 
+/// [`accumulate`] with `x` as little-endian f32 bytes (4 per coordinate), read where they were
+/// received; the same operations, so the same sum bit for bit.
+pub fn accumulate_le(sum: &mut [f64], x: &[u8], w: f64) {
+    assert_eq!(4 * sum.len(), x.len(), "accumulate_le: lengths differ");
+    #[cfg(feature = "parallel")]
+    if sum.len() >= 2 * SHARD {
+        use rayon::prelude::*;
+        sum.par_chunks_mut(SHARD).zip(x.par_chunks(4 * SHARD)).for_each(|(s, x)| accumulate_le_serial(s, x, w));
+        return;
+    }
+    accumulate_le_serial(sum, x, w);
+}
+
+fn accumulate_le_serial(sum: &mut [f64], x: &[u8], w: f64) {
+    for (s, c) in sum.iter_mut().zip(x.chunks_exact(4)) {
+        *s += w * f64::from(f32::from_le_bytes(c.try_into().expect("chunks of 4")));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::test_util::{assert_close, layout, update};
+    use super::super::test_util::{assert_close, layout, params, update};
     use super::*;
     use crate::params::TensorSpec;
     use crate::update::SparseUpdate;
@@ -327,6 +351,35 @@ mod tests {
         refused.add(&b, 5.0).unwrap();
         assert_eq!(refused.count(), 2);
         assert_eq!(refused.finish().unwrap(), clean.finish().unwrap());
+    }
+
+    /// An update kept as the received body's bytes (safetensors with tensors in another order
+    /// than the layout's, or the `none` codec) adds exactly what its decoded copy adds.
+    #[test]
+    fn received_bytes_add_exactly_like_decoded_values() {
+        let l = Arc::new(Layout::new(vec![TensorSpec::new("b", vec![3]), TensorSpec::new("a", vec![70_000])]).unwrap());
+        let values: Vec<f32> = (0..l.len()).map(|i| (i as f32 * 0.013).cos()).collect();
+        let p = params(&l, &values);
+        let safetensors = bytes::Bytes::from(p.to_safetensors().unwrap());
+        let none = bytes::Bytes::from(
+            crate::codec::encode(&values, &crate::codec::Compression::None, None, &mut crate::rng::derive(0, &[]))
+                .unwrap(),
+        );
+        let received = [
+            Update::from_safetensors(l.clone(), &safetensors).unwrap(),
+            crate::pipeline::decode(&none, l.clone(), &Default::default()).unwrap(),
+        ];
+        for r in received {
+            assert!(matches!(r.view(), UpdateView::Received(_)));
+            assert_eq!(r.to_dense(), p);
+            assert_eq!(r.l2_norm(), update(&l, &values).l2_norm());
+            let (mut by_bytes, mut by_values) = (Mean::weighted(), Mean::weighted());
+            for w in [1.0, 7.5] {
+                by_bytes.add(&r, w).unwrap();
+                by_values.add(&update(&l, &values), w).unwrap();
+            }
+            assert_eq!(by_bytes.finish().unwrap(), by_values.finish().unwrap());
+        }
     }
 
     #[test]

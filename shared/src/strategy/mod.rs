@@ -35,7 +35,7 @@ use crate::params::{Layout, Params};
 use crate::update::Update;
 
 pub(crate) use aggregate::layout_difference;
-pub use aggregate::{Aggregator, MAX_WEIGHT, Mean, accumulate, accumulate_serial};
+pub use aggregate::{Aggregator, MAX_WEIGHT, Mean, accumulate, accumulate_le, accumulate_serial};
 pub use central_dp::{AdaptiveClipping, CentralDpConfig};
 pub use config::{StrategyConfig, StrategyKind};
 pub use robust::{Bulyan, Median, MultiKrum, TrimmedMean};
