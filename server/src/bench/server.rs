@@ -50,18 +50,22 @@ pub fn bench_server(model: &str, updates: usize, secs: f64, mut emit: impl FnMut
 
     let clients = random_updates(&layout, updates);
     let dense: Vec<Update> = clients.iter().map(|p| Update::dense(p.clone())).collect::<Result<_, _>>()?;
-    let aggregate = input_bytes * rate(secs, || mean_of(&dense));
+    let mut mean = Mean::weighted();
+    let aggregate = input_bytes * rate(secs, || mean_of(&mut mean, &dense));
     push(&mut rows, format!("server aggregate {model} f32"), aggregate / 1e9, "GB/s");
     push(&mut rows, format!("server aggregate {model} f32 / memcpy"), aggregate / copy, "x");
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let serial = input_bytes * one_thread.install(|| rate(secs, || mean_of(&dense)));
+    let serial = input_bytes * one_thread.install(|| rate(secs, || mean_of(&mut mean, &dense)));
     push(&mut rows, format!("server aggregate {model} f32 1 thread"), serial / 1e9, "GB/s");
     drop(dense);
 
     let plain = UpdateSpec::default();
     let safetensors: Vec<Bytes> =
         clients.iter().map(|p| p.to_safetensors().map(Bytes::from)).collect::<Result<_, _>>()?;
-    let per_sec = rate(secs, || decode_and_aggregate(&plain, "application/octet-stream", &safetensors, &layout, true));
+    let mut strategy = fedavg();
+    let per_sec = rate(secs, || {
+        decode_and_aggregate(&mut strategy, &plain, "application/octet-stream", &safetensors, &layout, true)
+    });
     push(&mut rows, format!("server decode+aggregate {model} safetensors"), per_sec * input_bytes / 1e9, "GB/s");
     push(&mut rows, format!("server decode+aggregate {model} safetensors"), per_sec * updates as f64, "uploads/s");
     drop(safetensors);
@@ -71,7 +75,7 @@ pub fn bench_server(model: &str, updates: usize, secs: f64, mut emit: impl FnMut
         .iter()
         .map(|p| codec::encode(p.as_slice(), &Compression::None, None, &mut rng).map(Bytes::from))
         .collect::<Result<_, _>>()?;
-    let per_sec = rate(secs, || decode_and_aggregate(&plain, UPDATE_CONTENT_TYPE, &none, &layout, true));
+    let per_sec = rate(secs, || decode_and_aggregate(&mut strategy, &plain, UPDATE_CONTENT_TYPE, &none, &layout, true));
     push(&mut rows, format!("server decode+aggregate {model} none"), per_sec * input_bytes / 1e9, "GB/s");
     drop(none);
 
@@ -81,7 +85,9 @@ pub fn bench_server(model: &str, updates: usize, secs: f64, mut emit: impl FnMut
         .map(|p| codec::encode(p.as_slice(), &topk.compression, None, &mut rng).map(Bytes::from))
         .collect::<Result<_, _>>()?;
     let body_bytes = sparse.iter().map(Bytes::len).sum::<usize>() / updates.max(1);
-    let per_sec = rate(secs, || decode_and_aggregate(&topk, UPDATE_CONTENT_TYPE, &sparse, &layout, false));
+    let mut strategy = fedavg();
+    let per_sec =
+        rate(secs, || decode_and_aggregate(&mut strategy, &topk, UPDATE_CONTENT_TYPE, &sparse, &layout, false));
     push(
         &mut rows,
         format!("server decode+aggregate {model} topk:0.01+q8 ({} KB)", body_bytes / 1000),
@@ -120,19 +126,26 @@ fn random_updates(layout: &Arc<Layout>, count: usize) -> Vec<Params> {
         .collect()
 }
 
-/// One round of FedAvg over `updates` (weights 1..), finished.
-fn mean_of(updates: &[Update]) {
-    let mut mean = Mean::weighted();
+/// One round of FedAvg over `updates` (weights 1..), finished. `mean` lives across rounds, as
+/// the server's does.
+fn mean_of(mean: &mut Mean, updates: &[Update]) {
     for (i, u) in updates.iter().enumerate() {
         mean.add(u, (i + 1) as f64).expect("valid updates");
     }
     std::hint::black_box(mean.finish().expect("a round of valid updates"));
 }
 
-/// Decodes every body as the upload handler does and adds it to a FedAvg strategy; finishes the
-/// round when `finish` (dense rounds are timed whole, sparse uploads as they enter an open round).
-fn decode_and_aggregate(spec: &UpdateSpec, content_type: &str, bodies: &[Bytes], layout: &Arc<Layout>, finish: bool) {
-    let mut strategy = fedavg();
+/// Decodes every body as the upload handler does and adds it to the task's FedAvg strategy
+/// (which lives across rounds, as the server's does); finishes the round when `finish` (dense
+/// rounds are timed whole, sparse uploads as they enter an open round).
+fn decode_and_aggregate(
+    strategy: &mut Strategy,
+    spec: &UpdateSpec,
+    content_type: &str,
+    bodies: &[Bytes],
+    layout: &Arc<Layout>,
+    finish: bool,
+) {
     for (i, body) in bodies.iter().enumerate() {
         let update = decode_update(spec, content_type, body, layout.clone()).expect("a valid body");
         strategy.add(&update, (i + 1) as f64).expect("a valid update");

@@ -144,7 +144,10 @@ impl Aggregator for Mean {
         // Nothing below can fail: the state changes only from here on.
         if self.layout.is_none() {
             self.layout = Some(update.layout().clone());
-            self.sum = vec![0.0; update.len()];
+            // Into the last round's buffer when there is one: its pages are mapped already,
+            // where a fresh allocation would fault on every page of a model-sized sum.
+            self.sum.clear();
+            self.sum.resize(update.len(), 0.0);
         }
         match update.view() {
             UpdateView::Dense(p) => accumulate(&mut self.sum, p.as_slice(), w),
@@ -181,9 +184,10 @@ impl Aggregator for Mean {
         Ok(out)
     }
 
+    /// Keeps the sum's allocation for the next round (one model of f64s).
     fn reset(&mut self) {
         self.layout = None;
-        self.sum = Vec::new();
+        self.sum.clear();
         self.total_weight = 0.0;
         self.count = 0;
     }
