@@ -1,6 +1,8 @@
 //! `webfl bench`: throughput of the CPU engine and of the wgpu engine (Vulkan natively: lavapipe
-//! where there is no GPU), measured side by side in one process because wall-clock numbers are
-//! only meaningful as ratios on a shared machine.
+//! where there is no GPU), and of the server's update intake ([`server`]), measured side by side
+//! in one process because wall-clock numbers are only meaningful as ratios on a shared machine.
+
+mod server;
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +19,9 @@ use webfl_shared::train::TrainPlan;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// gemm | train | gpu | all. `gpu` times the wgpu engine's matmul and training steps next
-    /// to the CPU engine's.
+    /// gemm | train | gpu | server | all. `gpu` times the wgpu engine's matmul and training
+    /// steps next to the CPU engine's; `server` the aggregation and decoding of updates next to a
+    /// memory-copy baseline.
     #[arg(default_value = "all")]
     what: String,
     /// Square GEMM sizes (CPU).
@@ -31,6 +34,12 @@ pub struct BenchArgs {
     models: Vec<String>,
     #[arg(long, value_delimiter = ',', default_value = "10,50")]
     batches: Vec<usize>,
+    /// Models whose updates `server` aggregates.
+    #[arg(long, value_delimiter = ',', default_value = "cnn")]
+    server_models: Vec<String>,
+    /// Distinct client updates per round in `server`.
+    #[arg(long, default_value_t = 100)]
+    updates: usize,
     /// Seconds to measure each case (after a warm-up of the same length / 4).
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
@@ -131,8 +140,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if all || args.what == "gpu" {
         bench_gpu(args, &mut rows)?;
     }
+    if all || args.what == "server" {
+        for model in &args.server_models {
+            let bench = server::bench_server(model, args.updates, args.seconds, |row| emit_row(row, args.json))?;
+            rows.extend(bench.rows);
+        }
+    }
     if rows.is_empty() {
-        anyhow::bail!("unknown benchmark {:?}: expected gemm, train, gpu or all", args.what);
+        anyhow::bail!("unknown benchmark {:?}: expected gemm, train, gpu, server or all", args.what);
     }
     Ok(())
 }
@@ -181,12 +196,16 @@ fn bench_gpu(args: &BenchArgs, rows: &mut Vec<Row>) -> Result<()> {
 
 fn emit(rows: &[Row], json: bool) {
     if let Some(r) = rows.last() {
-        if json {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
-        } else {
-            // Ratios need more digits than rates.
-            let digits = if r.unit == "x" { 3 } else { 1 };
-            println!("{:<32} {:>12.digits$} {}", r.case, r.value, r.unit);
-        }
+        emit_row(r, json);
+    }
+}
+
+fn emit_row(r: &Row, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    } else {
+        // Ratios need more digits than rates.
+        let digits = if r.unit == "x" { 3 } else { 1 };
+        println!("{:<52} {:>12.digits$} {}", r.case, r.value, r.unit);
     }
 }

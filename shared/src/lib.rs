@@ -19,5 +19,7 @@ pub mod protocol;
 pub mod rng;
 pub mod strategy;
 pub mod train;
+pub mod update;
 
 pub use params::{Layout, Params, TensorSpec};
+pub use update::Update;

@@ -30,10 +30,13 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use crate::codec::{self, CodecError, Compression, ErrorFeedback};
+use bytes::Bytes;
+
+use crate::codec::{self, CodecError, Compression, Decoded, ErrorFeedback};
 use crate::params::{Layout, Params};
 use crate::rng::Rng;
 use crate::strategy::{AdaptiveClipping, CentralDpConfig};
+use crate::update::{SparseUpdate, Update};
 
 /// Where differential-privacy noise is added.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,25 +199,31 @@ pub fn prepare(
 
 /// The server half: decodes an upload into an update of `layout`, refusing anything the task's
 /// spec rules out — another codec or other codec parameters (a `topk:0.3` body on a `topk:0.1`
-/// task), non-finite values, and an update larger than the clip bound allows. Never panics on
+/// task), non-finite values, and an update larger than the clip bound allows. Sparse codecs stay
+/// sparse, and plain f32 values are kept in `body` rather than copied. Values are checked for
+/// finiteness once, as they are read. Never panics on
 /// untrusted bytes.
-pub fn decode(body: &[u8], layout: Arc<Layout>, spec: &UpdateSpec) -> Result<Params, PipelineError> {
+pub fn decode(body: &Bytes, layout: Arc<Layout>, spec: &UpdateSpec) -> Result<Update, PipelineError> {
     let got = codec::peek_compression(body)?;
     if got != spec.compression {
         return Err(PipelineError::WrongCodec { got: got.to_string(), want: spec.compression.to_string() });
     }
-    let values = codec::decode(body, layout.len())?;
-    let params = Params::from_vec(layout, values).map_err(|e| PipelineError::BadSpec(e.to_string()))?;
-    check(&params, spec)?;
-    Ok(params)
+    // The codec checks every value it reads (and its indices); its output is a valid update.
+    let update = match codec::decode_values(body, layout.len())? {
+        Decoded::Raw(values) => Update::trusted_received(layout, body, values),
+        Decoded::Dense(values) => {
+            Update::trusted_dense(Params::from_vec(layout, values).map_err(|e| PipelineError::BadSpec(e.to_string()))?)
+        }
+        Decoded::Sparse { indices, values } => Update::sparse(SparseUpdate::trusted(layout, indices, values)),
+    };
+    check(&update, spec)?;
+    Ok(update)
 }
 
-/// What every decoded update must satisfy under `spec`, however it arrived (the pipeline's
-/// encoding or plain safetensors): finite values, and a dense update within the clip bound.
-pub fn check(update: &Params, spec: &UpdateSpec) -> Result<(), PipelineError> {
-    if !update.all_finite() {
-        return Err(PipelineError::NonFinite);
-    }
+/// What every decoded update must satisfy under `spec` beyond being a valid [`Update`]
+/// (finite values, which its type guarantees), however it arrived (the pipeline's encoding or
+/// plain safetensors): a dense update within the clip bound.
+pub fn check(update: &Update, spec: &UpdateSpec) -> Result<(), PipelineError> {
     if let Some(bound) = norm_bound(spec, update.len()) {
         let norm = update.l2_norm();
         if norm > bound {
@@ -323,7 +332,7 @@ mod tests {
         let mut noise = rand_chacha::ChaCha20Rng::seed_from_u64(0);
         let prepared = prepare(&mut delta, &spec, None, &mut noise, &mut crate::rng::derive(0, &[])).unwrap();
         assert_eq!((prepared.norm, prepared.clipped), (5.0, true));
-        let back = decode(&prepared.body, delta.layout().clone(), &spec).unwrap();
+        let back = decode(&Bytes::from(prepared.body.clone()), delta.layout().clone(), &spec).unwrap().to_dense();
         assert_eq!(back.as_slice(), delta.as_slice());
         assert!((back.l2_norm() - 1.0).abs() < 1e-6);
     }
@@ -334,9 +343,10 @@ mod tests {
         let q8 = UpdateSpec { compression: Compression::Q8, ..UpdateSpec::default() };
         let mut noise = rand_chacha::ChaCha20Rng::seed_from_u64(0);
         let prepared = prepare(&mut delta, &q8, None, &mut noise, &mut crate::rng::derive(0, &[])).unwrap();
-        let err = decode(&prepared.body, delta.layout().clone(), &UpdateSpec::default()).unwrap_err();
+        let err =
+            decode(&Bytes::from(prepared.body.clone()), delta.layout().clone(), &UpdateSpec::default()).unwrap_err();
         assert!(matches!(err, PipelineError::WrongCodec { .. }), "{err}");
-        assert!(decode(b"\x01", delta.layout().clone(), &q8).is_err());
+        assert!(decode(&Bytes::from_static(b"\x01"), delta.layout().clone(), &q8).is_err());
     }
 
     #[test]
@@ -352,20 +362,20 @@ mod tests {
             &mut crate::rng::derive(0, &[]),
         )
         .unwrap();
-        let err = decode(&wide.body, delta.layout().clone(), &topk(0.2)).unwrap_err();
+        let err = decode(&Bytes::from(wide.body.clone()), delta.layout().clone(), &topk(0.2)).unwrap_err();
         assert!(matches!(err, PipelineError::WrongCodec { .. }), "{err}");
-        assert!(decode(&wide.body, delta.layout().clone(), &topk(0.5)).is_ok());
+        assert!(decode(&Bytes::from(wide.body.clone()), delta.layout().clone(), &topk(0.5)).is_ok());
 
         // A clipped task: an honest update passes, one that skipped clipping does not.
         let clipped = UpdateSpec { clip: Some(1.0), ..UpdateSpec::default() };
         let mut honest = params(&[3.0, 4.0, 0.0, 0.0]);
         let body = prepare(&mut honest, &clipped, None, &mut noise, &mut crate::rng::derive(0, &[])).unwrap().body;
-        assert!(decode(&body, honest.layout().clone(), &clipped).is_ok());
+        assert!(decode(&Bytes::from(body.clone()), honest.layout().clone(), &clipped).is_ok());
         let mut hostile = params(&[3.0, 4.0, 0.0, 0.0]);
         let body = prepare(&mut hostile, &UpdateSpec::default(), None, &mut noise, &mut crate::rng::derive(0, &[]))
             .unwrap()
             .body;
-        let err = decode(&body, hostile.layout().clone(), &clipped).unwrap_err();
+        let err = decode(&Bytes::from(body.clone()), hostile.layout().clone(), &clipped).unwrap_err();
         assert!(matches!(err, PipelineError::TooLarge { .. }), "{err}");
         // With local noise the bound leaves room for it: honest noisy updates pass.
         let noisy = UpdateSpec { clip: Some(1.0), noise_std: 0.5, ..UpdateSpec::default() };
@@ -373,7 +383,7 @@ mod tests {
             let mut d = params(&[3.0, 4.0, 1.0, 2.0]);
             let mut n = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
             let body = prepare(&mut d, &noisy, None, &mut n, &mut crate::rng::derive(0, &[])).unwrap().body;
-            assert!(decode(&body, d.layout().clone(), &noisy).is_ok());
+            assert!(decode(&Bytes::from(body.clone()), d.layout().clone(), &noisy).is_ok());
         }
     }
 

@@ -37,6 +37,7 @@ use webfl_shared::protocol::{
 };
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
+use webfl_shared::update::{Update, UpdateError};
 
 use crate::config::ServerConfig;
 use crate::store::{ClientCursor, ClientEvent, MemoryStore, Retention, TaskStore, unix_ms};
@@ -675,14 +676,16 @@ fn latest_accuracy(history: &[RoundRecord]) -> Option<f64> {
 }
 
 /// The update in an upload body: the pipeline's encoding (`Content-Type:
-/// application/x-webfl-update`, the task's codec only) or, for tasks without compression,
-/// plain safetensors (`application/octet-stream`, what PyTorch tooling writes).
-fn decode_update(
+/// application/x-webfl-update`, the task's codec only; sparse codecs stay sparse) or, for tasks
+/// without compression, plain safetensors (`application/octet-stream`, what PyTorch tooling
+/// writes). Either way its values are checked once, as they are read, and plain f32 values are
+/// kept in the body rather than copied.
+pub(crate) fn decode_update(
     spec: &UpdateSpec,
     content_type: &str,
-    body: &[u8],
+    body: &bytes::Bytes,
     layout: Arc<webfl_shared::Layout>,
-) -> Result<Params, ServiceError> {
+) -> Result<Update, ServiceError> {
     if content_type.starts_with(UPDATE_CONTENT_TYPE) {
         return pipeline::decode(body, layout, spec).map_err(|e| ServiceError::BadUpdate(format!("the update: {e}")));
     }
@@ -692,8 +695,12 @@ fn decode_update(
             spec.compression
         )));
     }
-    let update = Params::from_safetensors(layout, body)
-        .map_err(|e| ServiceError::BadUpdate(format!("the update does not hold this model's tensors: {e}")))?;
+    let update = Update::from_safetensors(layout, body).map_err(|e| match e {
+        UpdateError::Layout(e) => {
+            ServiceError::BadUpdate(format!("the update does not hold this model's tensors: {e}"))
+        }
+        e => ServiceError::BadUpdate(format!("the update: {e}")),
+    })?;
     pipeline::check(&update, spec).map_err(|e| ServiceError::BadUpdate(format!("the update: {e}")))?;
     Ok(update)
 }

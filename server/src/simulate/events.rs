@@ -27,12 +27,11 @@ use webfl_shared::backend::{Backend, CpuBackend, Engine, Preference};
 use webfl_shared::gpu::block_on;
 
 use crate::config::SimBackend;
-use crate::service::{Refusal, ServiceError};
+use crate::service::{Refusal, ServiceError, decode_update};
 use webfl_shared::coordinator::{Coordinator, Resumed, RoundPolicy, Settled, SyncCoordinator, Upload};
 use webfl_shared::data::Dataset;
 use webfl_shared::params::Params;
 use webfl_shared::participant::{Action, Failure, Randomness, Reply, Session, TrainJob, UploadRequest};
-use webfl_shared::pipeline;
 use webfl_shared::privacy::PrivacyBudget;
 use webfl_shared::protocol::{AssignmentTerms, MAX_CHECK_IN_WAIT_MS, UploadResponse};
 use webfl_shared::rng::{self, Stream};
@@ -464,9 +463,10 @@ impl Driver<'_> {
             return Ok(Err(refusal(ServiceError::TooLarge(terms.upload_limit_bytes))));
         }
         let layout = self.coordinator.global().layout().clone();
-        let update = match pipeline::decode(&request.body, layout, &terms.update) {
+        let body = bytes::Bytes::copy_from_slice(&request.body);
+        let update = match decode_update(&terms.update, request.content_type, &body, layout) {
             Ok(update) => update,
-            Err(e) => return Ok(Err(refusal(ServiceError::BadUpdate(format!("the update: {e}"))))),
+            Err(e) => return Ok(Err(refusal(e))),
         };
         let upload = Upload {
             round: request.round,

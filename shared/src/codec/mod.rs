@@ -417,6 +417,47 @@ fn encode_top_k(
 /// error that names the problem, and allocates nothing of a declared size before the input is
 /// known to be long enough to back it (the output's `len` comes from the caller).
 pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
+    Ok(decode_values(bytes, len)?.into_dense(len))
+}
+
+/// What an update body holds, in the form it was sent: the sparsifying codecs' kept coordinates
+/// stay sparse, so a server can add them without expanding them to the model's size.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded<'a> {
+    /// All values as they are in the body (`none`): little-endian f32s, all checked finite and
+    /// not copied.
+    Raw(&'a [u8]),
+    /// All values (`q8`, `qsgd`).
+    Dense(Vec<f32>),
+    /// The kept coordinates of `topk`, `randk` and `topk+q8`: indices strictly increasing and
+    /// below the length, one value each; every other coordinate is zero.
+    Sparse { indices: Vec<u32>, values: Vec<f32> },
+}
+
+impl Decoded<'_> {
+    /// The dense vector of `len` values.
+    pub fn into_dense(self, len: usize) -> Vec<f32> {
+        match self {
+            Decoded::Raw(bytes) => {
+                let mut out = Vec::with_capacity(len);
+                crate::params::extend_f32s_from_le_bytes(&mut out, bytes);
+                out
+            }
+            Decoded::Dense(values) => values,
+            Decoded::Sparse { indices, values } => {
+                let mut out = vec![0.0; len];
+                for (&i, &v) in indices.iter().zip(&values) {
+                    out[i as usize] = v;
+                }
+                out
+            }
+        }
+    }
+}
+
+/// [`decode`] without expanding sparse codecs. Every decoded value is finite: the decoder
+/// checks each f32 it reads, and Q8 and QSGD values lie within finite ranges by construction.
+pub fn decode_values(bytes: &[u8], len: usize) -> Result<Decoded<'_>, CodecError> {
     let mut r = Reader::new(bytes);
     let header = format::read_header(&mut r)?;
     if header.len != len as u64 {
@@ -426,23 +467,23 @@ pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
         return Err(CodecError::TooLong(len));
     }
     let out = match header.compression {
-        Compression::None => read_f32s(&mut r, len, "value")?,
-        Compression::Q8 => quantize::q8_decode(&mut r, len)?,
-        Compression::Qsgd { levels } => quantize::qsgd_decode(&mut r, len, levels)?,
+        Compression::None => Decoded::Raw(read_raw_f32s(&mut r, len, "value")?),
+        Compression::Q8 => Decoded::Dense(quantize::q8_decode(&mut r, len)?),
+        Compression::Qsgd { levels } => Decoded::Dense(quantize::qsgd_decode(&mut r, len, levels)?),
         Compression::TopK { fraction } | Compression::TopKQ8 { fraction } => {
             let k = read_kept(&mut r, fraction, len)?;
-            let idx = sparsify::read_indices(&mut r, k, len)?;
+            let indices = sparsify::read_indices(&mut r, k, len)?;
             let values = match header.compression {
                 Compression::TopK { .. } => read_f32s(&mut r, k, "top-k value")?,
                 _ => quantize::q8_decode(&mut r, k)?,
             };
-            scatter(len, &idx, &values)
+            Decoded::Sparse { indices, values }
         }
         Compression::RandK { fraction } => {
             let k = read_kept(&mut r, fraction, len)?;
             let seed = r.u64("random-k seed")?;
             let values = read_f32s(&mut r, k, "random-k value")?;
-            scatter(len, &sparsify::random_k(seed, len, k), &values)
+            Decoded::Sparse { indices: sparsify::random_k(seed, len, k), values }
         }
     };
     r.finish()?;
@@ -464,23 +505,26 @@ fn read_kept(r: &mut Reader<'_>, fraction: f64, len: usize) -> Result<usize, Cod
     Ok(expected)
 }
 
+/// `count` little-endian f32s left where they are, after one read-only pass that checks them.
+fn read_raw_f32s<'a>(r: &mut Reader<'a>, count: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
+    let bytes = r.take_u64((count as u64).saturating_mul(4), what)?;
+    if !crate::params::le_f32s_all_finite(bytes) {
+        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("chunks of 4")));
+        if let Some((position, value)) = values.enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(CodecError::NonFiniteValue { what, position, value });
+        }
+    }
+    Ok(bytes)
+}
+
 fn read_f32s(r: &mut Reader<'_>, count: usize, what: &'static str) -> Result<Vec<f32>, CodecError> {
     let bytes = r.take_u64((count as u64).saturating_mul(4), what)?;
     let mut out = Vec::with_capacity(count);
-    for (position, b) in bytes.chunks_exact(4).enumerate() {
-        let value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        if !value.is_finite() {
+    // One pass converts and validates; only a refused body is searched for the value to name.
+    if !crate::params::extend_f32s_from_le_bytes(&mut out, bytes) {
+        if let Some((position, &value)) = out.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(CodecError::NonFiniteValue { what, position, value });
         }
-        out.push(value);
     }
     Ok(out)
-}
-
-fn scatter(len: usize, idx: &[u32], values: &[f32]) -> Vec<f32> {
-    let mut out = vec![0.0; len];
-    for (&i, &v) in idx.iter().zip(values) {
-        out[i as usize] = v;
-    }
-    out
 }

@@ -22,6 +22,7 @@ use crate::params::Params;
 use crate::privacy::PrivacyBudget;
 use crate::protocol::{AssignmentTerms, CheckInResponse, WaitReason};
 use crate::strategy::{OptimizerState, RoundSummary, StrategyError};
+use crate::update::Update;
 
 /// Opaque client identity (the driver authenticates it).
 pub type ClientId = String;
@@ -139,8 +140,8 @@ pub struct Upload<'a> {
     pub round: u64,
     /// The version it was trained from.
     pub model_version: u64,
-    /// `Δ = w_local − w_global`, already decoded by the task's pipeline.
-    pub update: &'a Params,
+    /// `Δ = w_local − w_global`, already decoded (and so validated) by the task's pipeline.
+    pub update: &'a Update,
     /// Local examples trained on: the FedAvg weight.
     pub examples: u64,
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StrategyError;
 use crate::params::Params;
+use crate::update::Update;
 
 /// Settings of central DP (part of a task's strategy).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,8 +130,8 @@ impl CentralDp {
     }
 
     /// Clips one update to the current C (returns `None` if already within) and counts it.
-    pub(crate) fn clip_update(&mut self, update: &Params) -> Option<Params> {
-        let clipped = super::clip_to_norm(update, self.clip);
+    pub(crate) fn clip_update(&mut self, update: &Update) -> Option<Update> {
+        let clipped = update.clipped(self.clip);
         if clipped.is_none() {
             self.unclipped += 1;
         }
@@ -177,7 +178,7 @@ impl CentralDp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::test_util::{layout, params};
+    use crate::strategy::test_util::{layout, params, update};
     use rand::SeedableRng;
 
     fn dp(noise_multiplier: f64, adaptive: Option<AdaptiveClipping>) -> CentralDp {
@@ -193,8 +194,9 @@ mod tests {
         // [.35,.4]; the DP aggregate is the sum / 4 = [.175, .2].
         let mut dp = dp(0.0, None);
         let l = layout(2);
-        let a = dp.clip_update(&params(&l, &[3.0, 4.0])).unwrap();
-        assert!(dp.clip_update(&params(&l, &[0.1, 0.0])).is_none());
+        let a = dp.clip_update(&update(&l, &[3.0, 4.0])).unwrap();
+        assert!(dp.clip_update(&update(&l, &[0.1, 0.0])).is_none());
+        let a = a.to_dense();
         let mut mean = params(&l, &[(a.as_slice()[0] + 0.1) / 2.0, (a.as_slice()[1]) / 2.0]);
         dp.finish(&mut mean, 2).unwrap();
         assert!((mean.as_slice()[0] - 0.175).abs() < 1e-6 && (mean.as_slice()[1] - 0.2).abs() < 1e-6);
@@ -218,7 +220,7 @@ mod tests {
         let mut dp = dp(0.0, Some(adaptive));
         let l = layout(1);
         for _ in 0..4 {
-            assert!(dp.clip_update(&params(&l, &[0.5])).is_none());
+            assert!(dp.clip_update(&update(&l, &[0.5])).is_none());
         }
         let mut mean = params(&l, &[0.5]);
         dp.finish(&mut mean, 4).unwrap();
@@ -247,8 +249,8 @@ mod tests {
         let l = layout(1);
         let mut global = params(&l, &[0.0]);
         assert!(strategy.finish_round(&mut global).is_err(), "an empty round fails before needing noise");
-        strategy.add(&params(&l, &[0.5]), 100.0).unwrap();
-        strategy.add(&params(&l, &[4.0]), 1.0).unwrap();
+        strategy.add(&update(&l, &[0.5]), 100.0).unwrap();
+        strategy.add(&update(&l, &[4.0]), 1.0).unwrap();
         // Without a noise source central DP refuses to aggregate, and keeps the round.
         assert!(strategy.finish_round(&mut global).is_err());
         assert_eq!(strategy.count(), 2);

