@@ -9,17 +9,23 @@ use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
 use webfl_shared::train::EvalStats;
 
-/// The test set is cut into chunks evaluated in parallel and combined in order, so the result
-/// does not depend on scheduling.
+/// Examples one evaluation step holds in memory: the CNN's convolution workspace for 256
+/// examples is ~160 MB per thread, which a server would keep resident after every round.
+const EVAL_PIECE: usize = 32;
+
+/// The test set is cut into pieces of [`EVAL_PIECE`] evaluated in parallel (one engine per
+/// worker, reused) and combined in order, so the result does not depend on scheduling.
 pub fn evaluate(spec: &ModelSpec, params: &Params, data: &Dataset) -> Result<EvalStats> {
-    let chunk = data.len().div_ceil(rayon::current_num_threads().max(1)).max(1);
     let idx: Vec<usize> = (0..data.len()).collect();
     let parts: Vec<EvalStats> = idx
-        .par_chunks(chunk)
-        .map(|c| -> Result<EvalStats> {
-            let mut be = CpuBackend::new(spec)?;
-            Ok(be.evaluate(params, &data.subset(c))?)
-        })
+        .par_chunks(EVAL_PIECE)
+        .map_init(
+            || CpuBackend::new(spec),
+            |engine, piece| -> Result<EvalStats> {
+                let engine = engine.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(engine.evaluate(params, &data.subset(piece))?)
+            },
+        )
         .collect::<Result<_>>()?;
     let n: usize = parts.iter().map(|p| p.examples).sum();
     let w = |f: fn(&EvalStats) -> f64| parts.iter().map(|p| f(p) * p.examples as f64).sum::<f64>() / n as f64;

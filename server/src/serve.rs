@@ -35,6 +35,8 @@ const SHED_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const SHED_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 2\r\n\
 connection: close\r\ncontent-length: 86\r\n\r\n\
 {\"error\":\"overloaded\",\"message\":\"the server is at its connection limit; retry in 2 s\"}";
+/// Largest read buffer of one connection (hyper's minimum is 8 KiB + one 4 KiB read).
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// How long open connections get to finish after Ctrl-C (held check-ins are answered at once).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -110,7 +112,11 @@ pub async fn serve(
     let shedding = Arc::new(Semaphore::new(SHEDDING_AT_ONCE));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs_f64(config.header_timeout_secs));
+    // A small read buffer per connection: hyper grows it towards ~400 KiB for large bodies and
+    // never shrinks it, which at 10,000 connections is gigabytes; bodies still stream through.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs_f64(config.header_timeout_secs))
+        .max_buf_size(READ_BUFFER_BYTES);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
