@@ -3,12 +3,11 @@
 //! answered `503` with `Retry-After`; under a lowered descriptor limit (`ulimit -n 256`) hundreds
 //! of idle sockets neither exhaust descriptors nor wedge the server. Every wait is bounded.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data");
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 /// Timeouts short enough for a test: headers (and idleness) 1 s, bodies 1 s.
 const SHORT_TIMEOUTS: &str = "[server]\nheader_timeout_secs = 1.0\nbody_timeout_secs = 1.0\n";
@@ -16,47 +15,26 @@ const SHORT_TIMEOUTS: &str = "[server]\nheader_timeout_secs = 1.0\nbody_timeout_
 /// connection over the limit meets a full server), short enough for a test.
 const HOLD_IDLE: &str = "[server]\nheader_timeout_secs = 4.0\n";
 
+/// A server with its task file and data folder, gone when dropped.
 struct Server {
-    child: Child,
+    /// Held for its `Drop`, which stops the process.
+    _process: common::Server,
     addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    /// `webfl serve` on port 0 with `task`, under `ulimit -n` when given.
+    /// `webfl serve` on port 0 with `task_file`, under `ulimit -n` when given.
     fn start(task_file: &str, descriptors: Option<u32>) -> Server {
-        assert!(
-            std::path::Path::new(DATA_DIR).join("mnist.wfds").exists(),
-            "data/mnist.wfds is missing: run scripts/setup first"
-        );
         let dir = tempfile::tempdir().unwrap();
         let task = dir.path().join("task.toml");
         std::fs::write(&task, task_file).unwrap();
-        let ulimit = descriptors.map_or(String::new(), |n| format!("ulimit -n {n} && "));
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{ulimit}exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_webfl"))
-            .args(["serve", "--port", "0", "--config"])
-            .arg(&task)
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .env("WEBFL_DATA_DIR", DATA_DIR)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting webfl serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reading the serve banner");
-        let addr = line
-            .trim()
-            .strip_prefix("webfl serving at http://")
-            .and_then(|rest| rest.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
-            .to_string();
-        Server { child, addr, _dir: dir }
+        let process = common::Server::start_limited(
+            &dir.path().join("data"),
+            &["--config".as_ref(), task.as_os_str()],
+            descriptors,
+        );
+        Server { addr: process.addr.clone(), _process: process, _dir: dir }
     }
 
     fn connect(&self) -> TcpStream {
@@ -69,21 +47,13 @@ impl Server {
     fn answers_within(&self, within: Duration) -> Option<Duration> {
         let start = Instant::now();
         while start.elapsed() < within {
-            let mut s = self.connect();
-            let request = format!("GET /api/status HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
-            if s.write_all(request.as_bytes()).is_ok() && read_all(&mut s).starts_with("HTTP/1.1 200") {
+            let answer = common::try_request(&self.addr, "GET", "/api/status", &[], b"", Duration::from_secs(10));
+            if answer.is_ok_and(|(status, _)| status == 200) {
                 return Some(start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         None
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

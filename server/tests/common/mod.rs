@@ -1,5 +1,5 @@
 //! Helpers for the tests that run `webfl serve` as a real process (`serve_process.rs`,
-//! `kill_during_rounds.rs`): start it on an ephemeral port with a data folder, talk HTTP/1.1 to it
+//! `kill_during_rounds.rs`, `connections.rs`): start it on an ephemeral port with a data folder, talk HTTP/1.1 to it
 //! over fresh loopback connections, drive clients through check-in, download and upload.
 // Each test binary uses its own subset of these.
 #![allow(dead_code)]
@@ -27,11 +27,20 @@ impl Server {
 
     /// As `start`, with more arguments for `webfl serve` (e.g. `--config FILE`).
     pub fn start_with(data: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Server {
+        Server::start_limited(data, extra, None)
+    }
+
+    /// As `start_with`, under `ulimit -n descriptors` when given.
+    pub fn start_limited(data: &std::path::Path, extra: &[&std::ffi::OsStr], descriptors: Option<u32>) -> Server {
         assert!(
             std::path::Path::new(DATA_DIR).join("mnist.wfds").exists(),
             "data/mnist.wfds is missing: run scripts/setup first"
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_webfl"))
+        let ulimit = descriptors.map_or(String::new(), |n| format!("ulimit -n {n} && "));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{ulimit}exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_webfl"))
             .args(["serve", "--port", "0", "--data"])
             .arg(data)
             .args(extra)
