@@ -195,20 +195,10 @@ impl Params {
         self.data.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt()
     }
 
-    /// The largest |value|; NaN when any value is NaN (so `max_abs() <= bound` fails for it).
+    /// The largest |value|; NaN when any value is NaN. Called once per committed version (and on
+    /// updates only when the model nears the f32 limit), so a plain fold is enough.
     pub fn max_abs(&self) -> f32 {
-        // Lane-wise maxima vectorise; a NaN lane poisons the result instead of being skipped.
-        let mut lanes = [0.0f32; 8];
-        let mut chunks = self.data.chunks_exact(8);
-        for chunk in &mut chunks {
-            for (m, &v) in lanes.iter_mut().zip(chunk) {
-                let a = v.abs();
-                *m = if a > *m || a.is_nan() { a } else { *m };
-            }
-        }
-        let fold = |m: f32, a: f32| if m.is_nan() || a.is_nan() { f32::NAN } else { m.max(a) };
-        let rest = chunks.remainder().iter().map(|v| v.abs()).fold(0.0f32, fold);
-        lanes.into_iter().fold(rest, fold)
+        self.data.iter().fold(0.0, |m: f32, &v| if m.is_nan() || v.is_nan() { f32::NAN } else { m.max(v.abs()) })
     }
 
     pub fn all_finite(&self) -> bool {

@@ -40,10 +40,7 @@ impl<K: Hash + Eq + Clone> Limit<K> {
 
     /// `Err(ms)`: over the quota; the next request fits in `ms`.
     fn check(&self, key: &K) -> Result<(), u64> {
-        let Some(limiter) = &self.0 else { return Ok(()) };
-        limiter
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()).as_millis().max(1) as u64)
+        self.0.as_ref().map_or(Ok(()), |limiter| admit_key(limiter, key))
     }
 
     fn forget_idle(&self) {
@@ -52,6 +49,13 @@ impl<K: Hash + Eq + Clone> Limit<K> {
             limiter.shrink_to_fit();
         }
     }
+}
+
+/// `Err(ms)`: `key` is over `limiter`'s quota; the next request fits in `ms`.
+fn admit_key<K: Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<(), u64> {
+    limiter
+        .check_key(key)
+        .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()).as_millis().max(1) as u64)
 }
 
 /// The quotas of one server.
@@ -87,11 +91,12 @@ impl Limits {
         }
         let per_client = match kind {
             Kind::Registration => None,
-            Kind::CheckIn => Some(&self.check_ins),
-            Kind::Upload => Some(&self.uploads),
+            Kind::CheckIn => self.check_ins.0.as_ref(),
+            Kind::Upload => self.uploads.0.as_ref(),
         };
-        if let (Some(limit), Some(client)) = (per_client, client) {
-            limit.check(&client.to_string()).map_err(|ms| refuse(ms, "from this client"))?;
+        // The key is built only when the quota is on: this runs on every check-in.
+        if let (Some(limiter), Some(client)) = (per_client, client) {
+            admit_key(limiter, &client.to_string()).map_err(|ms| refuse(ms, "from this client"))?;
         }
         Ok(())
     }

@@ -109,7 +109,6 @@ struct State {
     history: Vec<RoundRecord>,
     metrics: Metrics,
     store_bytes: u64,
-    last_sweep_ms: u64,
 }
 
 /// A check-in as the API received it.
@@ -231,7 +230,6 @@ impl Service {
             history,
             metrics: Metrics::default(),
             store_bytes,
-            last_sweep_ms: 0,
         };
         let (changed, _) = tokio::sync::watch::channel(0);
         Ok(Self {
@@ -617,17 +615,17 @@ impl Service {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_sweep_ms = 0;
             loop {
                 every.tick().await;
                 service.tick();
-                let sweep = {
-                    let mut state = service.lock();
-                    let due = service.now().saturating_sub(state.last_sweep_ms) >= SWEEP_EVERY_MS;
-                    if due {
-                        state.last_sweep_ms = service.now();
-                    }
-                    due
-                };
+                let sweep = service.now().saturating_sub(last_sweep_ms) >= SWEEP_EVERY_MS;
+                if sweep {
+                    last_sweep_ms = service.now();
+                }
+                if !sweep && service.lock().client_events.is_empty() {
+                    continue;
+                }
                 let chores = service.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     chores.flush_clients();
