@@ -14,7 +14,7 @@ use webfl_shared::backend::{Backend, Engine, Preference};
 use webfl_shared::data::Dataset;
 use webfl_shared::params::Params;
 use webfl_shared::participant::{
-    Action, Failure, Identity, Notice, Phase, Randomness, Reply, Session, SessionError, TrainJob, UploadRequest,
+    Action, Attack, Failure, Identity, Notice, Phase, Randomness, Reply, Session, SessionError, TrainJob, UploadRequest,
 };
 use webfl_shared::protocol::{self as proto, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
 use webfl_shared::train::{TrainError, TrainStats};
@@ -46,6 +46,7 @@ struct Inner {
     stopped: Cell<bool>,
     running: Cell<bool>,
     preference: Cell<Preference>,
+    attack: Cell<Option<Attack>>,
 }
 
 #[wasm_bindgen]
@@ -67,6 +68,7 @@ impl Contributor {
             stopped: Cell::new(false),
             running: Cell::new(false),
             preference: Cell::new(Preference::Auto),
+            attack: Cell::new(None),
         };
         Contributor { inner: Rc::new(inner) }
     }
@@ -82,6 +84,15 @@ impl Contributor {
     #[wasm_bindgen(js_name = setBackend)]
     pub fn set_backend(&self, which: &str) -> Result<(), JsError> {
         self.inner.preference.set(which.parse().map_err(|e| JsError::new(&format!("{e}")))?);
+        Ok(())
+    }
+
+    /// Makes this a Byzantine client, for robustness tests: it trains honestly, then uploads
+    /// what `attack` makes of each update (`sign-flip[:SCALE]`: −SCALE·Δ, `scale:FACTOR`: FACTOR·Δ).
+    /// Takes effect from the next `run`.
+    #[wasm_bindgen(js_name = setAttack)]
+    pub fn set_attack(&self, attack: &str) -> Result<(), JsError> {
+        self.inner.attack.set(Some(attack.parse().map_err(|e: String| JsError::new(&e))?));
         Ok(())
     }
 
@@ -221,7 +232,8 @@ impl Inner {
         let data = self.data.borrow().clone().ok_or_else(|| ClientError::Data("no local data loaded".into()))?;
         let mut seed = [0u8; 32];
         net::fill_random(&mut seed)?;
-        let mut session = Session::new(data.len(), vec!["cpu".into()], Randomness::from_entropy(seed));
+        let mut session =
+            Session::new(data.len(), vec!["cpu".into()], Randomness::from_entropy(seed)).with_attack(self.attack.get());
         if let Some(identity) = self.identity.borrow().clone() {
             session.resume(identity);
         }

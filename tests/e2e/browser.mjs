@@ -19,7 +19,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createWriteStream } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { gzipSync } from "node:zlib";
 import { chromium } from "playwright-core";
 
@@ -71,7 +71,7 @@ function freePort() {
 /** Starts `webfl serve` (the default task unless `task` names a task file); resolves once it prints its address. */
 function startServer(port, dataDir, logName, task = null) {
   const log = createWriteStream(join(OUT, logName));
-  const config = task ? ["--config", join(ROOT, task)] : [];
+  const config = task ? ["--config", resolve(ROOT, task)] : [];
   const child = spawn(
     BIN,
     ["serve", "--port", String(port), "--data", dataDir, "--www", join(ROOT, "www/dist"), ...config],
@@ -435,7 +435,10 @@ async function main() {
       rmSync(privateDir, { recursive: true, force: true });
     }
 
-    // 8. WebGPU (here Chromium's software adapter, SwiftShader): one page forced onto WebGPU and
+    // 8. Byzantine browsers: one tab of five uploads −4·Δ every round.
+    report.byzantine = await byzantinePhase(context, pageErrors);
+
+    // 9. WebGPU (here Chromium's software adapter, SwiftShader): one page forced onto WebGPU and
     // one choosing by a probe; both contribute accepted updates and say which engine runs and why.
     report.webgpu = await webgpuPhase(pageErrors);
 
@@ -449,6 +452,69 @@ async function main() {
     server.kill("SIGKILL");
     rmSync(dataDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Five pages on tests/e2e/byzantine-task.toml (all five in every round), clean and with the fifth
+ * tab Byzantine (`?attack=sign-flip:4`: 20 % of each round's updates), under trimmed mean and
+ * under FedAvg. The robust run must end within 2 pp of its clean run; FedAvg's loss is reported.
+ */
+async function byzantinePhase(context, pageErrors) {
+  const ROUNDS = 6;
+  const runs = [];
+  for (const [strategy, attack] of [["trimmed-mean", null], ["trimmed-mean", "sign-flip:4"], ["fedavg", null], ["fedavg", "sign-flip:4"]]) {
+    const port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), "webfl-e2e-byzantine-"));
+    const name = `${strategy}${attack ? "-attacked" : ""}`;
+    // The same task file with the strategy under test (`webfl serve` takes task settings from files).
+    const task = join(dir, "task.toml");
+    const text = readFileSync(join(ROOT, "tests/e2e/byzantine-task.toml"), "utf8");
+    writeFileSync(task, text.replace(/^kind = "trimmed-mean"$/m, `kind = "${strategy}"`));
+    const server = await startServer(port, join(dir, "data"), `server-byzantine-${name}.log`, task);
+    const pages = [];
+    try {
+      const base = `http://127.0.0.1:${port}`;
+      for (let i = 0; i < 5; i++) {
+        const page = await context.newPage();
+        page.on("pageerror", (e) => pageErrors.push(`byzantine ${name} page ${i}: ${e.message}`));
+        const lie = attack && i === 4 ? `&attack=${attack}` : "";
+        await page.goto(`${base}/?partition=iid&client=${i}&of=5&autostart=1${lie}`);
+        pages.push(page);
+      }
+      const rounds = await waitFor(`${ROUNDS} rounds (${name})`, async () => {
+        const all = await (await fetch(`${base}/api/rounds`)).json();
+        const committed = all.filter((r) => r.version !== null).sort((a, b) => a.round - b.round);
+        return committed.length >= ROUNDS ? committed.slice(0, ROUNDS) : undefined;
+      }, 300_000);
+      const lied = attack ? (await pages[4].evaluate(() => window.webflLog.filter((e) => e.type === "round"))).length : 0;
+      runs.push({
+        strategy, attack, byzantine_uploads: lied,
+        accuracy: rounds.map((r) => r.test_accuracy),
+        final_accuracy: rounds[ROUNDS - 1].test_accuracy,
+        reports: rounds.map((r) => r.reports),
+      });
+    } finally {
+      for (const page of pages) await page.close().catch(() => {});
+      server.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  const run = (strategy, attacked) => runs.find((r) => r.strategy === strategy && !!r.attack === attacked);
+  const pct = (x) => `${(100 * x).toFixed(1)}%`;
+  const [robustClean, robustAttacked] = [run("trimmed-mean", false), run("trimmed-mean", true)];
+  const [fedavgClean, fedavgAttacked] = [run("fedavg", false), run("fedavg", true)];
+  check(
+    "every round of the attacked runs takes the Byzantine tab's update",
+    [robustAttacked, fedavgAttacked].every((r) => r.reports.every((n) => n === 5) && r.byzantine_uploads >= ROUNDS),
+    `${robustAttacked.byzantine_uploads} and ${fedavgAttacked.byzantine_uploads} sign-flipped uploads`,
+  );
+  check(
+    "with 20 % Byzantine browsers trimmed mean ends within 2 pp of its clean run",
+    robustAttacked.final_accuracy >= robustClean.final_accuracy - 0.02,
+    `after ${ROUNDS} rounds: trimmed mean ${pct(robustClean.final_accuracy)} clean, ${pct(robustAttacked.final_accuracy)} attacked; ` +
+      `FedAvg ${pct(fedavgClean.final_accuracy)} clean, ${pct(fedavgAttacked.final_accuracy)} attacked`,
+  );
+  return { rounds: ROUNDS, runs };
 }
 
 async function webgpuPhase(pageErrors) {

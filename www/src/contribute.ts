@@ -1,7 +1,8 @@
 // The contribute page: pick local data, press Contribute, watch this browser train.
 // URL parameters preselect the data and can start at once (how the end-to-end test opens pages):
 //   /?partition=shards:2&client=3&of=10&seed=0&autostart=1
-// `backend=cpu|webgpu` overrides the automatic choice of training engine.
+// `backend=cpu|webgpu` overrides the automatic choice of training engine. `attack=sign-flip:4`
+// (or `scale:10`) makes this tab a Byzantine client, for robustness tests: the title says so.
 
 import type { GetJson } from "./api.js";
 import { type DataChoice, type WorkerMessage, WebflClient } from "./webfl.js";
@@ -151,9 +152,11 @@ async function start(): Promise<void> {
     return;
   }
   const backend = params.get("backend");
+  if (params.get("attack")) document.title = `Byzantine (${params.get("attack")}) · ${document.title}`;
   client = WebflClient.connect({
     data,
     backend: backend === "cpu" || backend === "webgpu" ? backend : "auto",
+    attack: params.get("attack"),
   });
   client.onAny(handle);
   startButton.disabled = true;

@@ -35,11 +35,16 @@ export interface ConnectOptions {
    * probe), "cpu", or "webgpu" (still falls back to the CPU when WebGPU is missing or fails).
    */
   backend?: "auto" | "cpu" | "webgpu";
+  /**
+   * Robustness tests only: a Byzantine client that trains honestly and uploads what the attack
+   * makes of its update ("sign-flip[:SCALE]": −SCALE·Δ, "scale:FACTOR": FACTOR·Δ).
+   */
+  attack?: string | null;
 }
 
 /** Messages the page sends the worker. */
 export type WorkerCommand =
-  | { cmd: "start"; server: string; data: DataChoice; identityKey: string; backend: string }
+  | { cmd: "start"; server: string; data: DataChoice; identityKey: string; backend: string; attack: string | null }
   | { cmd: "stop" };
 
 /** Totals the worker keeps in IndexedDB, so a reloaded tab resumes its counts. */
@@ -77,6 +82,7 @@ export class WebflClient {
       data: options.data,
       identityKey: options.identityKey ?? tabIdentityKey(),
       backend: options.backend ?? "auto",
+      attack: options.attack ?? null,
     });
   }
 
@@ -101,8 +107,8 @@ export class WebflClient {
       this.dispatch({ type: "error", message: `worker failed: ${error.message}`, fatal: true });
       this.stop();
     };
-    const { server, data, identityKey, backend } = this.options;
-    worker.postMessage({ cmd: "start", server, data, identityKey, backend } satisfies WorkerCommand);
+    const { server, data, identityKey, backend, attack } = this.options;
+    worker.postMessage({ cmd: "start", server, data, identityKey, backend, attack } satisfies WorkerCommand);
     this.worker = worker;
   }
 

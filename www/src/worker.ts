@@ -69,6 +69,7 @@ async function start(command: Extract<WorkerCommand, { cmd: "start" }>): Promise
   if (saved.client_id && saved.token) client.resume(saved.client_id, saved.token);
   if (saved.error_feedback) client.restoreErrorFeedback(saved.error_feedback);
   client.setBackend(command.backend);
+  if (command.attack) client.setAttack(command.attack);
   const data = command.data;
   if (data.kind === "demo") {
     await client.useDemoPartition(data.partition, data.client, data.of, data.seed ?? 0);

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use rand::Rng as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use webfl_shared::participant::Attack;
 use webfl_shared::rng::{self, Stream};
 
 use crate::config::SimulationConfig;
@@ -78,24 +79,16 @@ impl fmt::Display for Stragglers {
     }
 }
 
-/// Byzantine clients: a share of the population that uploads `multiplier · Δ` instead of its
-/// honest update Δ — a sign flip (`FRACTION:sign-flip[:SCALE]`, −SCALE·Δ, SCALE 1 by default) or
-/// a scaled update (`FRACTION:scale:FACTOR`) — or `none`.
+/// Byzantine clients: a share of the population that makes an [`Attack`] on every update
+/// (`FRACTION:sign-flip[:SCALE]`, `FRACTION:scale:FACTOR`), or `none`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Byzantine {
     pub fraction: f64,
-    pub multiplier: f64,
+    pub attack: Option<Attack>,
 }
 
 impl Byzantine {
-    pub const NONE: Self = Self { fraction: 0.0, multiplier: 1.0 };
-
-    /// What a Byzantine client reports instead of `local`: `global + multiplier · (local − global)`.
-    pub fn corrupt(&self, global: &webfl_shared::params::Params, local: &mut webfl_shared::params::Params) {
-        for (w, &g) in local.as_mut_slice().iter_mut().zip(global.as_slice()) {
-            *w = g + (self.multiplier as f32) * (*w - g);
-        }
-    }
+    pub const NONE: Self = Self { fraction: 0.0, attack: None };
 }
 
 impl FromStr for Byzantine {
@@ -106,32 +99,21 @@ impl FromStr for Byzantine {
         if s == "none" {
             return Ok(Self::NONE);
         }
-        let bad = || format!("byzantine {s:?}: expected FRACTION:sign-flip[:SCALE], FRACTION:scale:FACTOR or none");
-        let mut parts = s.split(':');
-        let fraction: f64 = parts.next().and_then(|f| f.trim().parse().ok()).ok_or_else(bad)?;
-        let kind = parts.next().ok_or_else(bad)?.trim();
-        let number = parts.next().map(|v| v.trim().parse::<f64>().map_err(|_| bad())).transpose()?;
-        if parts.next().is_some() || !(0.0..=1.0).contains(&fraction) {
-            return Err(bad());
+        let bad = |why: String| format!("byzantine {s:?}: expected FRACTION:ATTACK or none ({why})");
+        let (fraction, attack) = s.split_once(':').ok_or_else(|| bad("no attack".into()))?;
+        let fraction: f64 = fraction.trim().parse().map_err(|_| bad("FRACTION is a number".into()))?;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(bad("FRACTION in [0, 1]".into()));
         }
-        let multiplier = match (kind, number) {
-            ("sign-flip", scale) => -scale.unwrap_or(1.0),
-            ("scale", Some(factor)) => factor,
-            _ => return Err(bad()),
-        };
-        if !multiplier.is_finite() {
-            return Err(bad());
-        }
-        Ok(Self { fraction, multiplier })
+        Ok(Self { fraction, attack: Some(attack.parse().map_err(bad)?) })
     }
 }
 
 impl fmt::Display for Byzantine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.fraction == 0.0 {
-            true => f.write_str("none"),
-            false if self.multiplier < 0.0 => write!(f, "{}:sign-flip:{}", self.fraction, -self.multiplier),
-            false => write!(f, "{}:scale:{}", self.fraction, self.multiplier),
+        match self.attack {
+            Some(attack) if self.fraction > 0.0 => write!(f, "{}:{attack}", self.fraction),
+            _ => f.write_str("none"),
         }
     }
 }
@@ -197,9 +179,9 @@ impl Behaviour {
         Profile { samples_per_s: self.cfg.samples_per_s * factor / slow, straggler, byzantine }
     }
 
-    /// The attack Byzantine clients make.
-    pub fn byzantine(&self) -> Byzantine {
-        self.cfg.attack
+    /// The attack client `client` makes on its updates, if it is Byzantine.
+    pub fn attack_of(&self, client: usize) -> Option<Attack> {
+        self.profile(client).byzantine.then_some(self.cfg.attack.attack).flatten()
     }
 
     /// Local training time of `examples` examples for `epochs` epochs.
@@ -245,6 +227,11 @@ mod tests {
         for s in ["none", "0.2:10"] {
             assert_eq!(s.parse::<Stragglers>().unwrap().to_string(), s);
         }
+        for s in ["none", "0.2:sign-flip:4", "0.1:scale:10"] {
+            assert_eq!(s.parse::<Byzantine>().unwrap().to_string(), s);
+        }
+        assert!("0.2".parse::<Byzantine>().is_err());
+        assert!("1.5:sign-flip".parse::<Byzantine>().is_err());
         assert!("0.2".parse::<Stragglers>().is_err());
         assert!("2:10".parse::<Stragglers>().is_err());
         assert!("lognormal:-1".parse::<ClientSpeed>().is_err());

@@ -173,7 +173,8 @@ pub fn drive(world: &World, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<Run
                 vec!["cpu".into()],
                 Randomness::Seeded { seed: world.seed, client: i as u64 },
             )
-            .with_wait_ms(MAX_CHECK_IN_WAIT_MS),
+            .with_wait_ms(MAX_CHECK_IN_WAIT_MS)
+            .with_attack(world.behaviour.attack_of(i)),
             profile: world.behaviour.profile(i),
             reply: None,
             upload: None,
@@ -364,14 +365,14 @@ impl Driver<'_> {
     fn train_pending(&mut self) -> Result<()> {
         let jobs = std::mem::take(&mut self.pending_training);
         let data = &self.world.clients;
-        let results: Vec<(usize, Trained, std::sync::Arc<Params>)> = match self.world.backend {
+        let results: Vec<(usize, Trained)> = match self.world.backend {
             SimBackend::Cpu => jobs
                 .into_par_iter()
                 .map(|(i, mut job)| {
                     let trained = CpuBackend::new(&job.model)
                         .map_err(TrainError::from)
                         .and_then(|mut be| be.train(&job.global, &data[i], &job.plan, &mut job.rng, &mut |_| {}));
-                    (i, trained, job.global)
+                    (i, trained)
                 })
                 .collect(),
             SimBackend::Gpu => {
@@ -379,24 +380,11 @@ impl Driver<'_> {
                 for (i, mut job) in jobs {
                     let engine = gpu_engine(&mut self.gpu, &job, &data[i])?;
                     let trained = block_on(engine.train(&job.global, &data[i], &job.plan, &mut job.rng, &mut |_| {}));
-                    results.push((i, trained, job.global));
+                    results.push((i, trained));
                 }
                 results
             }
         };
-        // A Byzantine client trains honestly and then lies about the result.
-        let attack = self.world.behaviour.byzantine();
-        let results: Vec<(usize, Trained)> = results
-            .into_iter()
-            .map(|(i, mut trained, global)| {
-                if let Ok((local, _)) = &mut trained
-                    && self.clients[i].profile.byzantine
-                {
-                    attack.corrupt(&global, local);
-                }
-                (i, trained)
-            })
-            .collect();
         for (i, trained) in results {
             let client = &mut self.clients[i];
             client.trained = trained.as_ref().ok().map(|(_, stats)| stats.clone());

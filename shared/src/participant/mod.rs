@@ -15,8 +15,10 @@
 //! Boundary: the participant never imports the coordinator (`crate::coordinator`); the two meet
 //! only through [`crate::protocol`] messages.
 
+mod attack;
 mod session;
 
+pub use attack::Attack;
 pub use session::{
     Action, Failure, Identity, Notice, Phase, Randomness, Reply, RoundReport, Session, SessionError, Step, TrainJob,
     UploadRequest,

@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
+use super::Attack;
 use crate::codec::ErrorFeedback;
 use crate::params::Params;
 use crate::pipeline;
@@ -283,6 +284,8 @@ pub struct Session {
     residual: Option<ErrorFeedback>,
     saved_residual: Option<Vec<u8>>,
     backoff_ms: u64,
+    /// A Byzantine session lies about every update it uploads (robustness tests only).
+    attack: Option<Attack>,
 }
 
 impl Session {
@@ -298,7 +301,14 @@ impl Session {
             residual: None,
             saved_residual: None,
             backoff_ms: BACKOFF_MS.0,
+            attack: None,
         }
+    }
+
+    /// Makes this a Byzantine participant: it uploads what `attack` makes of each honest update.
+    pub fn with_attack(mut self, attack: Option<Attack>) -> Self {
+        self.attack = attack;
+        self
     }
 
     /// How long check-ins ask the server to hold them; 0 asks for an immediate answer.
@@ -494,6 +504,9 @@ impl Session {
         };
         let mut delta =
             local.delta_from(&global).map_err(|e| SessionError::Protocol(format!("the local model: {e}")))?;
+        if let Some(attack) = self.attack {
+            attack.corrupt(&mut delta);
+        }
         let spec = &job.terms.update;
         let residual_before = self.fit_residual(spec.compression.uses_error_feedback(), delta.len());
         let prepared = match pipeline::prepare(&mut delta, spec, self.residual.as_mut(), &mut noise, &mut codec) {
