@@ -86,6 +86,7 @@ pub use format::{MAX_LEVELS, VERSION};
 use format::{Reader, put_f32s};
 
 /// Longest vector the codecs handle (indices are 32-bit).
+/// (Checked as `u32::try_from`, which also reads right where `usize` is 32 bits.)
 pub const MAX_LEN: usize = u32::MAX as usize;
 
 /// What a client applies to its (already clipped/noised) update before upload. As a string (and
@@ -331,7 +332,7 @@ pub fn encode(
 ) -> Result<Vec<u8>, CodecError> {
     how.validate()?;
     let n = update.len();
-    if n > MAX_LEN {
+    if u32::try_from(n).is_err() {
         return Err(CodecError::TooLong(n));
     }
     if let Some(index) = update.iter().position(|x| !x.is_finite()) {
@@ -463,7 +464,7 @@ pub fn decode_values(bytes: &[u8], len: usize) -> Result<Decoded<'_>, CodecError
     if header.len != len as u64 {
         return Err(CodecError::LengthMismatch { declared: header.len, expected: len });
     }
-    if len > MAX_LEN {
+    if u32::try_from(len).is_err() {
         return Err(CodecError::TooLong(len));
     }
     let out = match header.compression {
