@@ -248,8 +248,10 @@ pub struct ServerConfig {
     pub header_timeout_secs: f64,
     /// Seconds a request body has to arrive in full.
     pub body_timeout_secs: f64,
-    /// Upload bodies held in memory at once (being received or waiting for a core), in MiB;
-    /// beyond it uploads are answered `503` with `Retry-After`.
+    /// Upload bodies held in memory at once (being received or waiting for a core), in MiB.
+    /// When it is full the server stops reading upload bodies until room frees (TCP slows the
+    /// senders); an upload that waits longer than `body_timeout_secs` is answered `503` with
+    /// `Retry-After`.
     pub upload_buffer_mib: usize,
     /// New identities one address may register per minute.
     pub registrations_per_minute: u32,
@@ -281,7 +283,7 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             header_timeout_secs: 15.0,
             body_timeout_secs: 30.0,
-            upload_buffer_mib: 256,
+            upload_buffer_mib: 64,
             registrations_per_minute: 60,
             checkins_per_minute: 120,
             uploads_per_minute: 20,

@@ -101,6 +101,9 @@ struct Tally {
     late: u64,
     /// `429`/`503`: told to come back later (load shedding, not an error).
     shed: u64,
+    /// Connections the server closed between requests (after a refusal it did not read the body
+    /// of), opened again as a browser does.
+    reconnects: u64,
     /// Refusals and failures by status (`0`: the connection failed).
     errors: std::collections::BTreeMap<u16, u64>,
     first_error: Option<String>,
@@ -119,6 +122,7 @@ impl Tally {
         self.accepted += other.accepted;
         self.late += other.late;
         self.shed += other.shed;
+        self.reconnects += other.reconnects;
         for (status, n) in other.errors {
             *self.errors.entry(status).or_default() += n;
         }
@@ -140,6 +144,8 @@ struct Report {
     uploads_late: u64,
     /// Requests answered `429` or `503` (come back later).
     shed: u64,
+    /// Keep-alive connections the server closed between requests, opened again.
+    reconnects: u64,
     errors: std::collections::BTreeMap<u16, u64>,
     first_error: Option<String>,
     server_peak_rss_mib: Option<f64>,
@@ -148,7 +154,9 @@ struct Report {
 /// One client's connection: requests go out one at a time, as from a browser tab.
 struct Connection {
     send: SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
     host: String,
+    reconnects: u64,
 }
 
 impl Connection {
@@ -156,11 +164,18 @@ impl Connection {
         let stream = tokio::net::TcpStream::connect(addr).await.context("connecting")?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        Ok(Self { send, host: addr.to_string() })
+        Ok(Self { send, addr, host: addr.to_string(), reconnects: 0 })
     }
 
+    /// Sends one request, first opening the connection again if the server closed it (as it
+    /// does after refusing a body it did not read).
     async fn call(&mut self, req: hyper::http::request::Builder, body: Bytes) -> Result<(u16, Bytes)> {
-        self.send.ready().await?;
+        if self.send.ready().await.is_err() {
+            let reconnects = self.reconnects + 1;
+            *self = Self::open(self.addr).await?;
+            self.reconnects = reconnects;
+            self.send.ready().await?;
+        }
         let req = req.header(hyper::header::HOST, &self.host).body(Full::new(body))?;
         let resp = self.send.send_request(req).await?;
         let status = resp.status().as_u16();
@@ -323,6 +338,7 @@ async fn client(shared: Arc<Shared>) -> Tally {
             tokio::time::sleep(Duration::from_millis((wait_ms as f64 * jitter) as u64)).await;
         }
     }
+    tally.reconnects = conn.reconnects;
     tally
 }
 
@@ -479,6 +495,7 @@ async fn load(args: &LoadtestArgs, addr: SocketAddr, pid: Option<u32>) -> Result
         uploads_accepted_per_s: total.accepted as f64 / args.seconds,
         uploads_late: total.late,
         shed: total.shed,
+        reconnects: total.reconnects,
         register: total.register.summary(),
         check_in: total.check_in.summary(),
         upload: total.upload.summary(),
@@ -500,7 +517,10 @@ fn print_report(r: &Report) {
         "  uploads   {} accepted ({:.0}/s), {} after their round moved on (409)",
         r.uploads_accepted, r.uploads_accepted_per_s, r.uploads_late
     );
-    println!("  shed      {} requests told to come back later (429/503)", r.shed);
+    println!(
+        "  shed      {} requests told to come back later (429/503); {} connections opened again",
+        r.shed, r.reconnects
+    );
     let errors: u64 = r.errors.values().sum();
     println!("  errors    {errors} {:?}", r.errors);
     if let Some(e) = &r.first_error {

@@ -111,12 +111,12 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(max_connections));
     let shedding = Arc::new(Semaphore::new(SHEDDING_AT_ONCE));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let header_timeout = Duration::from_secs_f64(config.header_timeout_secs);
     let mut http = hyper::server::conn::http1::Builder::new();
     // A small read buffer per connection: hyper grows it towards ~400 KiB for large bodies and
     // never shrinks it, which at 10,000 connections is gigabytes; bodies still stream through.
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs_f64(config.header_timeout_secs))
-        .max_buf_size(READ_BUFFER_BYTES);
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(READ_BUFFER_BYTES);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -140,15 +140,27 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo(peer));
             app.clone().oneshot(req)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), handler));
+        let (http, watcher, mut stopping) = (http.clone(), graceful.watcher(), stopping.subscribe());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper allocates its read and write buffers (~16 KiB) when it starts on a
+            // connection: start it only once the client has sent something, so idle sockets
+            // cost next to nothing, and close those that stay silent past the header timeout.
+            tokio::select! {
+                readable = tokio::time::timeout(header_timeout, stream.readable()) => {
+                    if !matches!(readable, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                _ = stopping.changed() => return,
+            }
+            if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(stream), handler)).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the shutdown grace period; closing them");
     }

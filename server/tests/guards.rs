@@ -3,6 +3,8 @@
 //! with `Retry-After`, operator endpoints behind a token (or loopback), paginated client lists,
 //! version retention, the CORS policy, security headers, and no redirect to another host.
 
+use std::time::Duration;
+
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -280,12 +282,21 @@ async fn pages_carry_security_headers_cors_is_an_allow_list_and_nothing_redirect
 }
 
 #[tokio::test]
-async fn upload_bodies_in_memory_are_bounded() {
+async fn upload_bodies_in_memory_are_bounded_and_wait_for_room() {
     let (service, _) = serve(ServerConfig { upload_buffer_mib: 1, ..ServerConfig::default() });
-    let first = service.reserve_upload(600 * 1024).unwrap();
-    let Err(refused) = service.reserve_upload(600 * 1024) else { panic!("1 MiB holds one 600 KiB body") };
+    let after = |ms| tokio::time::Instant::now() + Duration::from_millis(ms);
+    let mut first = service.upload_room();
+    first.hold(300 * 1024, after(100)).await.unwrap();
+    first.hold(600 * 1024, after(100)).await.unwrap();
+    assert_eq!(first.held_kib(), 600, "room grows with the bytes received");
+    let mut second = service.upload_room();
+    let Err(refused) = second.hold(600 * 1024, after(100)).await else { panic!("1 MiB holds one 600 KiB body") };
     assert_eq!((refused.refusal().http_status(), refused.code()), (503, "overloaded"));
     assert!(refused.retry_after_ms().is_some());
+    // A waiting upload gets its room as soon as the one before it has been processed.
+    let waiting = tokio::spawn(async move { second.hold(600 * 1024, after(5_000)).await.map(|()| second.held_kib()) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "no room yet");
     drop(first);
-    assert!(service.reserve_upload(600 * 1024).is_ok(), "room again once the first is processed");
+    assert_eq!(waiting.await.unwrap().unwrap(), 600);
 }

@@ -75,7 +75,7 @@ function startServer(port, dataDir, logName, task = null) {
   const child = spawn(
     BIN,
     ["serve", "--port", String(port), "--data", dataDir, "--www", join(ROOT, "www/dist"), ...config],
-    { cwd: ROOT, env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] },
+    { cwd: ROOT, env: { ...process.env, RUST_LOG: "info,webfl_server::service=debug", NO_COLOR: "1" }, stdio: ["ignore", "pipe", "pipe"] },
   );
   child.stderr.pipe(log);
   child.serverLog = [];

@@ -7,10 +7,11 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
+use bytes::BytesMut;
 use http_body_util::{BodyExt, Limited};
 use webfl_shared::protocol::{CheckInRequest, header as h};
 
-use crate::service::{CheckInCall, Service, ServiceError, UploadCall};
+use crate::service::{CheckInCall, Service, ServiceError, UploadCall, UploadRoom};
 
 /// Check-in bodies are tiny; anything larger is refused.
 pub const CHECKIN_LIMIT_BYTES: usize = 64 * 1024;
@@ -41,6 +42,42 @@ async fn read_body(req: Request, limit: usize, service: &Service) -> Result<Byte
         Ok(Err(e)) => Err(ServiceError::bad_request("bad_body", format!("the body could not be read: {e}"))),
         Err(_) => Err(ServiceError::BodyTimeout(deadline.as_secs_f64())),
     }
+}
+
+/// Reads an upload body frame by frame, holding room in the upload buffer for the bytes received
+/// so far (see [`UploadRoom`]). Waiting for room past the body deadline is `503 overloaded`.
+async fn read_upload_body(req: Request, service: &Service, room: &mut UploadRoom) -> Result<Bytes, ServiceError> {
+    let limit = service.upload_limit_bytes();
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ServiceError::TooLarge(limit));
+    }
+    let timeout = service.body_timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut body = req.into_body();
+    let mut received = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ServiceError::BodyTimeout(timeout.as_secs_f64())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ServiceError::bad_request("bad_body", format!("the body could not be read: {e}")));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let total = received.len() + data.len();
+        if total > limit {
+            return Err(ServiceError::TooLarge(limit));
+        }
+        room.hold(total, deadline).await?;
+        if received.is_empty() {
+            // The declared length, once the first bytes are in: one allocation for honest bodies.
+            received.reserve(declared.map_or(total, |n| n as usize).max(total));
+        }
+        received.extend_from_slice(&data);
+    }
+    Ok(received.freeze())
 }
 
 fn parse_u64(what: &str, text: &str) -> Result<u64, ServiceError> {
@@ -142,11 +179,13 @@ impl FromRequest<Service> for UpdateUpload {
         }
         let content_type =
             headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-        // Room in the upload buffer for what the body declares (or may be), before reading it.
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        let reservation = service.reserve_upload(declared.unwrap_or(usize::MAX).min(service.upload_limit_bytes()))?;
-        let body = read_body(Request::from_parts(parts, body), service.upload_limit_bytes(), service).await;
-        let reservation = Some(reservation);
+        // Strangers' bodies take no room in the upload buffer.
+        service.authenticate(&client_id, token.as_deref())?;
+        let mut room = service.upload_room();
+        let body = match read_upload_body(Request::from_parts(parts, body), service, &mut room).await {
+            Err(e @ ServiceError::Overloaded { .. }) => return Err(service.refused_upload(e)),
+            read => read,
+        };
         Ok(UpdateUpload(UploadCall {
             round,
             client_id,
@@ -156,7 +195,7 @@ impl FromRequest<Service> for UpdateUpload {
             content_type,
             body,
             peer,
-            reservation,
+            room,
         }))
     }
 }

@@ -135,7 +135,49 @@ pub struct UploadCall {
     pub body: Result<bytes::Bytes, ServiceError>,
     pub peer: Option<IpAddr>,
     /// The body's share of the upload buffer, held until the upload is processed.
-    pub reservation: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub room: UploadRoom,
+}
+
+/// One upload body's share of the upload buffer (`[server] upload_buffer_mib`), taken as its
+/// bytes arrive and given back when the upload has been processed. When the buffer is full the
+/// API stops reading the body: the bytes wait in the kernel's socket buffers and TCP slows the
+/// sender, so the server's memory stays bounded however many clients upload at once, and a slow
+/// sender holds only what it has sent.
+pub struct UploadRoom {
+    buffer: Arc<tokio::sync::Semaphore>,
+    /// KiB held (one permit each).
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl UploadRoom {
+    /// Holds room for `bytes` in all, waiting until `deadline` for other uploads to release
+    /// theirs; past it, `503` with `Retry-After`.
+    pub async fn hold(&mut self, bytes: usize, deadline: tokio::time::Instant) -> Result<(), ServiceError> {
+        let held = self.held.as_ref().map_or(0, tokio::sync::OwnedSemaphorePermit::num_permits);
+        let needed = bytes.div_ceil(1024).saturating_sub(held);
+        if needed == 0 {
+            return Ok(());
+        }
+        let overloaded = || ServiceError::Overloaded {
+            retry_after_ms: 2_000,
+            message: "the server is holding as many uploads as it may; send this one again shortly".into(),
+        };
+        let kib = u32::try_from(needed).map_err(|_| overloaded())?;
+        let more = tokio::time::timeout_at(deadline, self.buffer.clone().acquire_many_owned(kib))
+            .await
+            .map_err(|_| overloaded())?
+            .map_err(|_| ServiceError::Internal("the server is stopping".into()))?;
+        match &mut self.held {
+            Some(held) => held.merge(more),
+            None => self.held = Some(more),
+        }
+        Ok(())
+    }
+
+    /// KiB held.
+    pub fn held_kib(&self) -> usize {
+        self.held.as_ref().map_or(0, tokio::sync::OwnedSemaphorePermit::num_permits)
+    }
 }
 
 /// The running service; cheap to clone.
@@ -256,15 +298,9 @@ impl Service {
         &self.task.server
     }
 
-    /// Reserves room for an upload body of (at most) `bytes` in the upload buffer, or refuses
-    /// with `503` when the buffer is full: memory stays bounded however many clients upload at
-    /// once.
-    pub fn reserve_upload(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ServiceError> {
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        self.upload_buffer.clone().try_acquire_many_owned(kib).map_err(|_| ServiceError::Overloaded {
-            retry_after_ms: 2_000,
-            message: "the server is holding as many uploads as it may; send this one again shortly".into(),
-        })
+    /// Room in the upload buffer for one upload body, empty until bytes arrive.
+    pub fn upload_room(&self) -> UploadRoom {
+        UploadRoom { buffer: self.upload_buffer.clone(), held: None }
     }
 
     /// How long a request body may take to arrive in full.
@@ -426,6 +462,11 @@ impl Service {
         Ok(UploadResponse { accepted: true, round_closed })
     }
 
+    /// Whether `token` is `client`'s: `401` otherwise.
+    pub fn authenticate(&self, client: &str, token: Option<&str>) -> Result<(), ServiceError> {
+        self.lock().clients.authenticate(client, token)
+    }
+
     /// Counts a refused upload by its reason (also one refused before it reached the service).
     pub fn refused_upload(&self, e: ServiceError) -> ServiceError {
         tracing::debug!(error = e.code(), message = %e, "update refused");
@@ -458,7 +499,7 @@ impl Service {
                 state.metrics.updates_accepted += 1;
                 settled
             };
-            tracing::info!(
+            tracing::debug!(
                 round = call.round,
                 client,
                 aggregate_us = started.elapsed().as_micros() as u64,
