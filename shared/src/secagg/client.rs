@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use rand::CryptoRng;
-use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -13,17 +12,8 @@ use super::quantize::{QuantizeError, quantize};
 use super::shamir::{self, SHARE_BYTES, Share};
 use super::{
     AdvertiseKeys, ConfigError, Graph, IncomingShares, MaskedInput, NeighbourKeys, RevealedShare, SealedShares,
-    SecAggConfig, ShareKeys, Stage, UnmaskRequest, UnmaskResponse,
+    SecAggConfig, ShareKeys, ShareKind, Stage, UnmaskRequest, UnmaskResponse, holder_x,
 };
-
-/// The two secrets a client shares: which one a holder reveals depends on whether the owner
-/// survived (its self-mask seed) or dropped (its mask key).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ShareKind {
-    SelfMask,
-    MaskKey,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
@@ -75,8 +65,8 @@ const HELD_BYTES: usize = 2 * SHARE_BYTES;
 impl HeldShares {
     fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(HELD_BYTES));
-        out.extend_from_slice(&self.self_mask.to_bytes());
-        out.extend_from_slice(&self.mask_key.to_bytes());
+        out.extend_from_slice(&*self.self_mask.to_bytes());
+        out.extend_from_slice(&*self.mask_key.to_bytes());
         out
     }
 
@@ -87,11 +77,6 @@ impl HeldShares {
         let x = holder_x(holder);
         (held.self_mask.x == x && held.mask_key.x == x).then_some(held)
     }
-}
-
-/// Shamir x coordinate of a holder: its id + 1, since x = 0 is where the secret sits.
-pub(super) fn holder_x(client: u32) -> u64 {
-    u64::from(client) + 1
 }
 
 struct PeerKeys {

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Stage;
+
 /// Client → server, stage 1: the client's two public keys (share sealing, mask agreement).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -121,6 +123,18 @@ pub enum ToClient {
     ShareKeys(NeighbourKeys),
     MaskedInput(IncomingShares),
     Unmask(UnmaskRequest),
+}
+
+impl ToServer {
+    /// The stage this message belongs to.
+    pub fn stage(&self) -> Stage {
+        match self {
+            ToServer::AdvertiseKeys(_) => Stage::AdvertiseKeys,
+            ToServer::ShareKeys(_) => Stage::ShareKeys,
+            ToServer::MaskedInput(_) => Stage::MaskedInput,
+            ToServer::Unmask(_) => Stage::Unmask,
+        }
+    }
 }
 
 mod base64_bytes {

@@ -6,13 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::client::{ShareKind, holder_x};
 use super::crypto::{self, Purpose};
 use super::quantize::dequantize_sum;
 use super::shamir::{self, SHARE_BYTES, ShamirError, Share};
 use super::{
     AdvertiseKeys, ConfigError, Graph, IncomingShares, MaskedInput, NeighbourKey, NeighbourKeys, SealedShares,
-    SecAggConfig, ShareKeys, Stage, ToClient, ToServer, UnmaskRequest, UnmaskResponse,
+    SecAggConfig, ShareKeys, ShareKind, Stage, ToClient, ToServer, UnmaskRequest, UnmaskResponse, holder_x,
 };
 
 /// How long each stage waits for its stragglers.
@@ -62,7 +61,7 @@ pub enum ServerError {
 
 /// Why a round ended without a sum. The clients' inputs stay masked.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AbandonReason {
+pub enum Abandoned {
     #[error("stage {stage:?} ended with {have} clients, fewer than the threshold {need}")]
     TooFewClients { stage: Stage, have: usize, need: usize },
     #[error("{have} shares of client {owner}'s {kind:?} secret can be had, {need} are needed")]
@@ -106,7 +105,7 @@ pub struct SecAggServer {
     responded: BTreeSet<u32>,
     self_mask_shares: BTreeMap<u32, Vec<Share>>,
     mask_key_shares: BTreeMap<u32, Vec<Share>>,
-    outcome: Option<Result<SecAggSum, AbandonReason>>,
+    outcome: Option<Result<SecAggSum, Abandoned>>,
 }
 
 impl SecAggServer {
@@ -145,11 +144,11 @@ impl SecAggServer {
     }
 
     /// The sum, or why there is none; None while the round runs.
-    pub fn outcome(&self) -> Option<Result<&SecAggSum, &AbandonReason>> {
+    pub fn outcome(&self) -> Option<Result<&SecAggSum, &Abandoned>> {
         self.outcome.as_ref().map(Result::as_ref)
     }
 
-    pub fn into_outcome(self) -> Option<Result<SecAggSum, AbandonReason>> {
+    pub fn into_outcome(self) -> Option<Result<SecAggSum, Abandoned>> {
         self.outcome
     }
 
@@ -319,7 +318,7 @@ impl SecAggServer {
         };
         // Fewer than t clients can never be unmasked, and a sum of so few says too much.
         if have < need {
-            return self.end(Err(AbandonReason::TooFewClients { stage: self.stage, have, need }));
+            return self.end(Err(Abandoned::TooFewClients { stage: self.stage, have, need }));
         }
         match next {
             Stage::MaskedInput => self.masked_sum = vec![0; self.config.dim],
@@ -334,7 +333,7 @@ impl SecAggServer {
         self.deadline_ms = now_ms.saturating_add(timeout);
     }
 
-    fn end(&mut self, outcome: Result<SecAggSum, AbandonReason>) {
+    fn end(&mut self, outcome: Result<SecAggSum, Abandoned>) {
         self.stage = if outcome.is_ok() { Stage::Finished } else { Stage::Abandoned };
         self.outcome = Some(outcome);
         // What remains is of no further use; the sum is in the outcome.
@@ -352,19 +351,19 @@ impl SecAggServer {
 
     /// Checks that every secret the unmasking needs still has t holders among the survivors,
     /// before anyone is asked to reveal anything; then words each survivor's request.
-    fn plan_unmask(&mut self) -> Result<(), AbandonReason> {
+    fn plan_unmask(&mut self) -> Result<(), Abandoned> {
         let need = self.config.threshold as usize;
         let survivors_among = |v: u32| self.graph.neighbours(v).into_iter().filter(|u| self.uploaded.contains(u));
         for &owner in &self.uploaded {
             let have = survivors_among(owner).count() + 1;
             if have < need {
-                return Err(AbandonReason::TooFewShares { owner, kind: ShareKind::SelfMask, have, need });
+                return Err(Abandoned::TooFewShares { owner, kind: ShareKind::SelfMask, have, need });
             }
         }
         for owner in self.dropped() {
             let have = survivors_among(owner).count();
             if have < need {
-                return Err(AbandonReason::TooFewShares { owner, kind: ShareKind::MaskKey, have, need });
+                return Err(Abandoned::TooFewShares { owner, kind: ShareKind::MaskKey, have, need });
             }
         }
         let dropped: BTreeSet<u32> = self.dropped().into_iter().collect();
@@ -381,13 +380,13 @@ impl SecAggServer {
 
     /// Rebuilds the survivors' self-mask seeds and the dropped clients' mask keys, and strips
     /// their masks from the sum: what is left is Σ q(x) over the survivors.
-    fn unmask(&mut self) -> Result<SecAggSum, AbandonReason> {
+    fn unmask(&mut self) -> Result<SecAggSum, Abandoned> {
         let t = self.config.threshold as usize;
         let rebuild = |owner: u32, kind: ShareKind, shares: &BTreeMap<u32, Vec<Share>>| {
             let shares = shares.get(&owner).map(Vec::as_slice).unwrap_or_default();
             shamir::combine(shares, t).map_err(|source| match source {
-                ShamirError::TooFewShares { have, need } => AbandonReason::TooFewShares { owner, kind, have, need },
-                source => AbandonReason::Reconstruction { owner, kind, source },
+                ShamirError::TooFewShares { have, need } => Abandoned::TooFewShares { owner, kind, have, need },
+                source => Abandoned::Reconstruction { owner, kind, source },
             })
         };
         let mut seeds = Vec::with_capacity(self.uploaded.len());

@@ -36,8 +36,8 @@ pub struct Share {
 }
 
 impl Share {
-    pub fn to_bytes(&self) -> [u8; SHARE_BYTES] {
-        let mut out = [0u8; SHARE_BYTES];
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; SHARE_BYTES]> {
+        let mut out = zeroize::Zeroizing::new([0u8; SHARE_BYTES]);
         for (chunk, value) in out.chunks_exact_mut(8).zip(std::iter::once(&self.x).chain(&self.y)) {
             chunk.copy_from_slice(&value.to_le_bytes());
         }
@@ -237,7 +237,7 @@ mod tests {
         rng.fill_bytes(&mut secret);
         let xs = [3, 1, 9, 4, 12, 2, 8];
         let shares = split(&secret, 4, &xs, &mut rng);
-        let shares: Vec<Share> = shares.iter().map(|s| Share::from_bytes(&s.to_bytes()).unwrap()).collect();
+        let shares: Vec<Share> = shares.iter().map(|s| Share::from_bytes(&*s.to_bytes()).unwrap()).collect();
         let mut subsets = 0;
         for mask in 0u32..(1 << xs.len()) {
             let subset: Vec<Share> =
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(combine(&[shares[0].clone(), other[0].clone()], 2), Err(ShamirError::DuplicateHolder(1)));
         // Mixing two secrets gives limbs that overflow their bytes (with overwhelming odds).
         assert_eq!(combine(&[shares[1].clone(), other[1].clone()], 2), Err(ShamirError::Inconsistent));
-        let mut bytes = shares[0].to_bytes();
+        let mut bytes = *shares[0].to_bytes();
         assert_eq!(Share::from_bytes(&bytes[1..]), Err(ShamirError::Malformed));
         bytes[..8].copy_from_slice(&0u64.to_le_bytes());
         assert_eq!(Share::from_bytes(&bytes), Err(ShamirError::Malformed));

@@ -24,8 +24,8 @@ fn expected_sum(quantized: &[Vec<u32>], survivors: &[u32], dim: usize) -> Vec<u3
     sum
 }
 
-/// Every client through stage 3 with nobody dropping; the server waits in Unmask.
-fn run_to_unmask(config: &SecAggConfig, rng: &mut ChaCha20Rng) -> (SecAggServer, Vec<SecAggClient>) {
+/// Every client answers every stage before `stage`, nobody drops; the server is then in `stage`.
+fn run_until(config: &SecAggConfig, stage: Stage, rng: &mut ChaCha20Rng) -> (SecAggServer, Vec<SecAggClient>) {
     let mut server = SecAggServer::new(config.clone(), StageTimeouts::default(), 0).unwrap();
     let mut clients = Vec::new();
     for id in 0..config.clients {
@@ -33,16 +33,18 @@ fn run_to_unmask(config: &SecAggConfig, rng: &mut ChaCha20Rng) -> (SecAggServer,
         server.handle(id, ToServer::AdvertiseKeys(keys), 0).unwrap();
         clients.push(client);
     }
-    for client in &mut clients {
-        let Some(ToClient::ShareKeys(keys)) = server.message_for(client.id()) else { panic!("no keys") };
-        server.handle(client.id(), ToServer::ShareKeys(client.share_keys(&keys, rng).unwrap()), 0).unwrap();
+    while server.stage() != stage {
+        for client in &mut clients {
+            let reply = match server.message_for(client.id()) {
+                Some(ToClient::ShareKeys(keys)) => ToServer::ShareKeys(client.share_keys(&keys, rng).unwrap()),
+                Some(ToClient::MaskedInput(shares)) => {
+                    ToServer::MaskedInput(client.mask_input(&shares, &vec![0.5; config.dim], rng).unwrap())
+                }
+                other => panic!("{other:?} before {stage:?}"),
+            };
+            server.handle(client.id(), reply, 0).unwrap();
+        }
     }
-    for client in &mut clients {
-        let Some(ToClient::MaskedInput(shares)) = server.message_for(client.id()) else { panic!("no shares") };
-        let masked = client.mask_input(&shares, &vec![0.5; config.dim], rng).unwrap();
-        server.handle(client.id(), ToServer::MaskedInput(masked), 0).unwrap();
-    }
-    assert_eq!(server.stage(), Stage::Unmask);
     (server, clients)
 }
 
@@ -54,8 +56,8 @@ proptest! {
         clients in 5u32..=8,
         dim in 1usize..6,
         drops in proptest::collection::vec(
-            prop_oneof![6 => Just(None), 1 => Just(Some(DropAt::AdvertiseKeys)), 1 => Just(Some(DropAt::ShareKeys)),
-                        1 => Just(Some(DropAt::MaskedInput)), 1 => Just(Some(DropAt::Unmask))], 8),
+            prop_oneof![6 => Just(None), 1 => Just(Some(Stage::AdvertiseKeys)), 1 => Just(Some(Stage::ShareKeys)),
+                        1 => Just(Some(Stage::MaskedInput)), 1 => Just(Some(Stage::Unmask))], 8),
         seed: u64,
     ) {
         let config = SecAggConfig::recommended(1, clients, dim, seed);
@@ -69,7 +71,7 @@ proptest! {
                 prop_assert_eq!(&sum.quantized, &expected_sum(&quantized, &sum.survivors, dim));
                 if dropped <= tolerated {
                     let uploaded: Vec<u32> = (0..clients)
-                        .filter(|&c| matches!(drop_at[c as usize], None | Some(DropAt::Unmask)))
+                        .filter(|&c| matches!(drop_at[c as usize], None | Some(Stage::Unmask)))
                         .collect();
                     prop_assert_eq!(sum.survivors, uploaded);
                 }
@@ -87,14 +89,14 @@ fn a_hundred_clients_with_ten_percent_dropouts_sum_correctly() {
     assert_eq!((config.neighbours, config.threshold), (14, 8));
     let mut rng = ChaCha20Rng::seed_from_u64(100);
     let (inputs, quantized) = grid_inputs(clients, dim, &mut rng);
-    let stages = [DropAt::AdvertiseKeys, DropAt::ShareKeys, DropAt::MaskedInput, DropAt::Unmask];
+    let stages = [Stage::AdvertiseKeys, Stage::ShareKeys, Stage::MaskedInput, Stage::Unmask];
     let mut drop_at = vec![None; clients as usize];
     for (i, stage) in (3..100).step_by(10).zip(stages.iter().cycle()) {
         drop_at[i] = Some(*stage);
     }
     let sum = simulate_round(&config, &inputs, &drop_at, &mut rng).unwrap();
     let uploaded: Vec<u32> =
-        (0..clients).filter(|&c| matches!(drop_at[c as usize], None | Some(DropAt::Unmask))).collect();
+        (0..clients).filter(|&c| matches!(drop_at[c as usize], None | Some(Stage::Unmask))).collect();
     assert_eq!(sum.survivors, uploaded);
     assert_eq!(sum.quantized, expected_sum(&quantized, &uploaded, dim));
     for (i, &value) in sum.values.iter().enumerate() {
@@ -107,7 +109,7 @@ fn a_hundred_clients_with_ten_percent_dropouts_sum_correctly() {
 fn a_curious_server_asking_for_both_shares_of_one_neighbour_is_refused() {
     let config = SecAggConfig::recommended(2, 5, 4, 1);
     let mut rng = ChaCha20Rng::seed_from_u64(2);
-    let (_, mut clients) = run_to_unmask(&config, &mut rng);
+    let (_, mut clients) = run_until(&config, Stage::Unmask, &mut rng);
     let ask = |survivors: &[u32], dropped: &[u32]| UnmaskRequest {
         round: 2,
         survivors: survivors.to_vec(),
@@ -133,9 +135,9 @@ fn too_few_survivors_abandon_the_round_cleanly() {
     let config = SecAggConfig::recommended(3, 5, 2, 5);
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let (inputs, _) = grid_inputs(5, 2, &mut rng);
-    let drop_at = [None, Some(DropAt::MaskedInput), None, Some(DropAt::MaskedInput), Some(DropAt::MaskedInput)];
+    let drop_at = [None, Some(Stage::MaskedInput), None, Some(Stage::MaskedInput), Some(Stage::MaskedInput)];
     let abandoned = simulate_round(&config, &inputs, &drop_at, &mut rng);
-    let want = AbandonReason::TooFewClients { stage: Stage::MaskedInput, have: 2, need: 3 };
+    let want = Abandoned::TooFewClients { stage: Stage::MaskedInput, have: 2, need: 3 };
     assert!(matches!(abandoned, Err(SimulationError::Abandoned(ref r)) if *r == want), "{abandoned:?}");
 
     // In one neighbourhood: n = 9, k = 4, t = 3. Dropping three of client 0's neighbours leaves
@@ -144,11 +146,11 @@ fn too_few_survivors_abandon_the_round_cleanly() {
     let (inputs, _) = grid_inputs(9, 2, &mut rng);
     let mut drop_at = [None; 9];
     for &v in &Graph::new(&config).neighbours(0)[..3] {
-        drop_at[v as usize] = Some(DropAt::MaskedInput);
+        drop_at[v as usize] = Some(Stage::MaskedInput);
     }
     let abandoned = simulate_round(&config, &inputs, &drop_at, &mut rng);
     assert!(
-        matches!(abandoned, Err(SimulationError::Abandoned(AbandonReason::TooFewShares { have, need: 3, .. })) if have < 3),
+        matches!(abandoned, Err(SimulationError::Abandoned(Abandoned::TooFewShares { have, need: 3, .. })) if have < 3),
         "{abandoned:?}"
     );
 }
@@ -174,7 +176,7 @@ fn deadlines_move_the_stages() {
     assert!(server.message_for(0).is_some());
     // Nobody shares keys: the next deadline abandons the round, and nobody is asked anything.
     assert_eq!(server.tick(2000), Stage::Abandoned);
-    let want = AbandonReason::TooFewClients { stage: Stage::ShareKeys, have: 0, need: 3 };
+    let want = Abandoned::TooFewClients { stage: Stage::ShareKeys, have: 0, need: 3 };
     assert_eq!(server.outcome(), Some(Err(&want)));
     assert!((0..5).all(|c| server.message_for(c).is_none()));
     assert_eq!(server.deadline_ms(), None);
@@ -184,18 +186,8 @@ fn deadlines_move_the_stages() {
 fn tampered_or_relabelled_shares_are_detected() {
     let config = SecAggConfig::recommended(5, 5, 3, 2);
     let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let mut server = SecAggServer::new(config.clone(), StageTimeouts::default(), 0).unwrap();
-    let mut clients = Vec::new();
-    for id in 0..5 {
-        let (client, keys) = SecAggClient::new(config.clone(), id, &mut rng).unwrap();
-        server.handle(id, ToServer::AdvertiseKeys(keys), 0).unwrap();
-        clients.push(client);
-    }
-    for client in &mut clients {
-        let Some(ToClient::ShareKeys(keys)) = server.message_for(client.id()) else { panic!() };
-        server.handle(client.id(), ToServer::ShareKeys(client.share_keys(&keys, &mut rng).unwrap()), 0).unwrap();
-    }
-    let Some(ToClient::MaskedInput(genuine)) = server.message_for(0) else { panic!() };
+    let (server, mut clients) = run_until(&config, Stage::MaskedInput, &mut rng);
+    let Some(ToClient::MaskedInput(genuine)) = server.message_for(0) else { panic!("no message") };
     let mut tampered = genuine.clone();
     tampered.shares[1].sealed[20] ^= 0x40;
     let from = tampered.shares[1].from;
@@ -214,63 +206,48 @@ fn tampered_or_relabelled_shares_are_detected() {
 fn the_server_refuses_what_does_not_fit_the_round() {
     let config = SecAggConfig { modulus_bits: 16, quantization_levels: 1000, ..SecAggConfig::recommended(6, 5, 3, 2) };
     let mut rng = ChaCha20Rng::seed_from_u64(6);
-    let (mut server, mut clients) = {
-        let mut server = SecAggServer::new(config.clone(), StageTimeouts::default(), 0).unwrap();
-        let (client, keys) = SecAggClient::new(config.clone(), 0, &mut rng).unwrap();
-        let stale = AdvertiseKeys { round: 5, ..keys.clone() };
-        assert_eq!(
-            server.handle(0, ToServer::AdvertiseKeys(stale), 0),
-            Err(ServerError::WrongRound { got: 5, round: 6 })
-        );
-        let short = AdvertiseKeys { mask_key: vec![9; 31], ..keys.clone() };
-        assert_eq!(server.handle(0, ToServer::AdvertiseKeys(short), 0), Err(ServerError::BadKey(0)));
-        assert_eq!(server.handle(5, ToServer::AdvertiseKeys(keys.clone()), 0), Err(ServerError::NotExpected(5)));
-        server.handle(0, ToServer::AdvertiseKeys(keys.clone()), 0).unwrap();
-        assert_eq!(server.handle(0, ToServer::AdvertiseKeys(keys), 0), Err(ServerError::AlreadyReceived(0)));
-        drop((server, client));
-        run_to_unmask(&config, &mut rng)
-    };
-    let masked = MaskedInput { round: 6, masked: vec![0; 3] };
-    let refused = server.handle(0, ToServer::MaskedInput(masked), 1);
-    assert_eq!(refused, Err(ServerError::OutOfStage { got: Stage::MaskedInput, stage: Stage::Unmask }));
-    let Some(ToClient::Unmask(request)) = server.message_for(0) else { panic!() };
-    let mut response = clients[0].unmask(&request).unwrap();
-    response.self_mask_shares.pop();
-    assert_eq!(server.handle(0, ToServer::Unmask(response), 1), Err(ServerError::UnrequestedShares(0)));
-    // A share made for another holder cannot be handed in as one's own.
-    let Some(ToClient::Unmask(other)) = server.message_for(1) else { panic!() };
-    let mut response = clients[0].unmask(&request).unwrap();
-    response.self_mask_shares[1].share = clients[1].unmask(&other).unwrap().self_mask_shares[1].share.clone();
-    assert!(matches!(server.handle(0, ToServer::Unmask(response), 1), Err(ServerError::BadShare { client: 0, .. })));
-    for client in &mut clients {
-        let Some(ToClient::Unmask(request)) = server.message_for(client.id()) else { panic!() };
-        server.handle(client.id(), ToServer::Unmask(client.unmask(&request).unwrap()), 1).unwrap();
-    }
-    let sum = server.into_outcome().unwrap().unwrap();
-    // Five inputs of 0.5 at r = 8, L = 1000: each quantizes to 531 or 532 (531.25).
-    assert!(sum.quantized.iter().all(|&q| (5 * 531..=5 * 532).contains(&q)), "{:?}", sum.quantized);
-    assert!(sum.values.iter().all(|v| (v - 2.5).abs() < 0.1));
+    let mut server = SecAggServer::new(config.clone(), StageTimeouts::default(), 0).unwrap();
+    let (_, keys) = SecAggClient::new(config.clone(), 0, &mut rng).unwrap();
+    let refuse =
+        |server: &mut SecAggServer, client, message| server.handle(client, ToServer::AdvertiseKeys(message), 0);
+    let stale = AdvertiseKeys { round: 5, ..keys.clone() };
+    assert_eq!(refuse(&mut server, 0, stale), Err(ServerError::WrongRound { got: 5, round: 6 }));
+    let short = AdvertiseKeys { mask_key: vec![9; 31], ..keys.clone() };
+    assert_eq!(refuse(&mut server, 0, short), Err(ServerError::BadKey(0)));
+    assert_eq!(refuse(&mut server, 5, keys.clone()), Err(ServerError::NotExpected(5)));
+    assert_eq!(refuse(&mut server, 0, keys.clone()), Ok(Stage::AdvertiseKeys));
+    assert_eq!(refuse(&mut server, 0, keys), Err(ServerError::AlreadyReceived(0)));
 
     // Out of the ring 2^16, or the wrong length, is refused at upload.
-    let (mut server, _) = {
-        let mut server = SecAggServer::new(config.clone(), StageTimeouts::default(), 0).unwrap();
-        let mut all = Vec::new();
-        for id in 0..5 {
-            let (client, keys) = SecAggClient::new(config.clone(), id, &mut rng).unwrap();
-            server.handle(id, ToServer::AdvertiseKeys(keys), 0).unwrap();
-            all.push(client);
-        }
-        for client in &mut all {
-            let Some(ToClient::ShareKeys(keys)) = server.message_for(client.id()) else { panic!() };
-            server.handle(client.id(), ToServer::ShareKeys(client.share_keys(&keys, &mut rng).unwrap()), 0).unwrap();
-        }
-        (server, all)
-    };
+    let (mut server, _) = run_until(&config, Stage::MaskedInput, &mut rng);
     let too_big = MaskedInput { round: 6, masked: vec![1, 1 << 16, 0] };
     let refused = server.handle(2, ToServer::MaskedInput(too_big), 0);
     assert_eq!(refused, Err(ServerError::OutOfRing { index: 1, value: 1 << 16 }));
     let short = MaskedInput { round: 6, masked: vec![1, 2] };
     assert_eq!(server.handle(2, ToServer::MaskedInput(short), 0), Err(ServerError::InputLength { got: 2, want: 3 }));
+
+    let (mut server, mut clients) = run_until(&config, Stage::Unmask, &mut rng);
+    let late = MaskedInput { round: 6, masked: vec![0; 3] };
+    let refused = server.handle(0, ToServer::MaskedInput(late), 1);
+    assert_eq!(refused, Err(ServerError::OutOfStage { got: Stage::MaskedInput, stage: Stage::Unmask }));
+    let Some(ToClient::Unmask(request)) = server.message_for(0) else { panic!("no request") };
+    let mut response = clients[0].unmask(&request).unwrap();
+    response.self_mask_shares.pop();
+    assert_eq!(server.handle(0, ToServer::Unmask(response), 1), Err(ServerError::UnrequestedShares(0)));
+    // A share made for another holder cannot be handed in as one's own.
+    let Some(ToClient::Unmask(other)) = server.message_for(1) else { panic!("no request") };
+    let mut response = clients[0].unmask(&request).unwrap();
+    response.self_mask_shares[1].share = clients[1].unmask(&other).unwrap().self_mask_shares[1].share.clone();
+    assert!(matches!(server.handle(0, ToServer::Unmask(response), 1), Err(ServerError::BadShare { client: 0, .. })));
+    // The refusals changed nothing: the honest answers still finish the round.
+    for client in &mut clients {
+        let Some(ToClient::Unmask(request)) = server.message_for(client.id()) else { panic!("no request") };
+        server.handle(client.id(), ToServer::Unmask(client.unmask(&request).unwrap()), 1).unwrap();
+    }
+    let sum = server.into_outcome().unwrap().unwrap();
+    // Five inputs of 0.5 at r = 8, L = 1000: each quantizes to 531 or 532 (531.25).
+    assert!(sum.quantized.iter().all(|&q| (5 * 531..=5 * 532).contains(&q)), "{:?}", sum.quantized);
+    assert!(sum.values.iter().all(|v| (v - 2.5).abs() < 0.1), "{:?}", sum.values);
 }
 
 #[test]
@@ -307,7 +284,7 @@ fn unmasking_speed() {
         let inputs: Vec<Vec<f32>> =
             (0..clients).map(|_| (0..dim).map(|_| rng.random_range(-0.1..0.1)).collect()).collect();
         // 10% drop after sharing keys: the costly case, their pairwise masks must be rebuilt.
-        let drop_at: Vec<_> = (0..clients).map(|c| (c % 10 == 3).then_some(DropAt::MaskedInput)).collect();
+        let drop_at: Vec<_> = (0..clients).map(|c| (c % 10 == 3).then_some(Stage::MaskedInput)).collect();
         let started = std::time::Instant::now();
         let pending = simulate_to_unmask(&config, &inputs, &drop_at, &mut rng).unwrap();
         let clients_took = started.elapsed();
