@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod privacy;
 pub mod protocol;
 pub mod rng;
+pub mod secagg;
 pub mod strategy;
 pub mod train;
 pub mod update;
