@@ -2,6 +2,7 @@
 //! where there is no GPU), and of the server's update intake ([`server`]), measured side by side
 //! in one process because wall-clock numbers are only meaningful as ratios on a shared machine.
 
+mod secagg;
 mod server;
 
 use std::time::{Duration, Instant};
@@ -19,9 +20,9 @@ use webfl_shared::train::TrainPlan;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// gemm | train | gpu | server | all. `gpu` times the wgpu engine's matmul and training
-    /// steps next to the CPU engine's; `server` the aggregation and decoding of updates next to a
-    /// memory-copy baseline.
+    /// gemm | train | gpu | server | secagg | all. `gpu` times the wgpu engine's matmul and
+    /// training steps next to the CPU engine's; `server` the aggregation and decoding of updates
+    /// next to a memory-copy baseline; `secagg` one SecAgg+ round (not part of `all`).
     #[arg(default_value = "all")]
     what: String,
     /// Square GEMM sizes (CPU).
@@ -43,6 +44,18 @@ pub struct BenchArgs {
     /// Seconds to measure each case (after a warm-up of the same length / 4).
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// `secagg`: clients in the round.
+    #[arg(long, default_value_t = 100, help_heading = "SecAgg+ (bench secagg)")]
+    clients: u32,
+    /// `secagg`: coordinates of the update (199,210: the 2NN).
+    #[arg(long, default_value_t = 199_210, help_heading = "SecAgg+ (bench secagg)")]
+    dim: usize,
+    /// `secagg`: share of the clients that drops out after sharing its keys.
+    #[arg(long, default_value_t = 0.1, help_heading = "SecAgg+ (bench secagg)")]
+    dropout: f64,
+    /// `secagg`: neighbours per client [default: 2⌈log2 n⌉].
+    #[arg(long, help_heading = "SecAgg+ (bench secagg)")]
+    neighbours: Option<u32>,
     /// Print one JSON object per case instead of a table.
     #[arg(long)]
     json: bool,
@@ -146,8 +159,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             rows.extend(bench.rows);
         }
     }
+    if args.what == "secagg" {
+        let bench = secagg::bench_secagg(args.clients, args.dim, args.dropout, args.neighbours)?;
+        match args.json {
+            true => println!("{}", serde_json::to_string(&bench)?),
+            false => secagg::print(&bench),
+        }
+        return Ok(());
+    }
     if rows.is_empty() {
-        anyhow::bail!("unknown benchmark {:?}: expected gemm, train, gpu, server or all", args.what);
+        anyhow::bail!("unknown benchmark {:?}: expected gemm, train, gpu, server, secagg or all", args.what);
     }
     Ok(())
 }

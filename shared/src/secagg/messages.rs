@@ -72,6 +72,9 @@ pub struct IncomingShares {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MaskedInput {
     pub round: u64,
+    /// Little-endian u32 words, base64: 4 bytes per coordinate (JSON numbers would take ~11).
+    #[serde(with = "base64_words")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub masked: Vec<u32>,
 }
 
@@ -152,6 +155,25 @@ mod base64_bytes {
     }
 }
 
+mod base64_words {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(words: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        let bytes = STANDARD.decode(String::deserialize(d)?).map_err(D::Error::custom)?;
+        if bytes.len() % 4 != 0 {
+            return Err(D::Error::custom("the masked input is not a whole number of 4-byte words"));
+        }
+        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +189,11 @@ mod tests {
         assert_eq!(serde_json::from_value::<ToServer>(json).unwrap(), message);
         let bad = serde_json::json!({"stage": "advertise_keys", "round": 3, "sealing_key": "!!", "mask_key": ""});
         assert!(serde_json::from_value::<ToServer>(bad).is_err());
+        let masked = ToServer::MaskedInput(MaskedInput { round: 1, masked: vec![1, 0xffff_ffff] });
+        let json = serde_json::to_value(&masked).unwrap();
+        assert_eq!(json["masked"], "AQAAAP////8=");
+        assert_eq!(serde_json::from_value::<ToServer>(json).unwrap(), masked);
+        let ragged = serde_json::json!({"stage": "masked_input", "round": 1, "masked": "AQAA"});
+        assert!(serde_json::from_value::<ToServer>(ragged).is_err());
     }
 }

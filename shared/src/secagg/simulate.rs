@@ -21,6 +21,21 @@ pub enum SimulationError {
     Abandoned(Abandoned),
 }
 
+/// What a driver may watch in a simulated round: each client's work per stage (to time it; the
+/// shared crate reads no clock) and every message either way (to count its bytes).
+pub trait Observer {
+    /// Runs client `client`'s computation for `stage`.
+    fn client_work<T>(&mut self, _client: u32, _stage: Stage, work: impl FnOnce() -> T) -> T {
+        work()
+    }
+    fn to_server(&mut self, _client: u32, _message: &ToServer) {}
+    fn to_client(&mut self, _client: u32, _message: &ToClient) {}
+}
+
+/// Watches nothing.
+pub struct Unobserved;
+impl Observer for Unobserved {}
+
 /// A simulated round with every unmask response collected but not yet handed to the server:
 /// [`PendingUnmask::finish`] is the server's unmasking alone, for timing it.
 pub struct PendingUnmask {
@@ -53,7 +68,7 @@ pub fn simulate_round(
     drop_at: &[Option<Stage>],
     rng: &mut impl rand::CryptoRng,
 ) -> Result<SecAggSum, SimulationError> {
-    simulate_to_unmask(config, inputs, drop_at, rng)?.finish()
+    simulate_to_unmask(config, inputs, drop_at, rng, &mut Unobserved)?.finish()
 }
 
 /// [`simulate_round`] up to the unmask responses, which are held back (see [`PendingUnmask`]).
@@ -62,6 +77,7 @@ pub fn simulate_to_unmask(
     inputs: &[Vec<f32>],
     drop_at: &[Option<Stage>],
     rng: &mut impl rand::CryptoRng,
+    observer: &mut impl Observer,
 ) -> Result<PendingUnmask, SimulationError> {
     config.validate()?;
     if inputs.len() != config.clients as usize || drop_at.len() != inputs.len() {
@@ -73,9 +89,12 @@ pub fn simulate_to_unmask(
     let mut server = SecAggServer::new(config.clone(), StageTimeouts::default(), now_ms)?;
     let mut clients = Vec::new();
     for client in (0..config.clients).filter(|&c| !silent_at(c, Stage::AdvertiseKeys)) {
-        let (machine, keys) = SecAggClient::new(config.clone(), client, rng)
+        let (machine, keys) = observer
+            .client_work(client, Stage::AdvertiseKeys, || SecAggClient::new(config.clone(), client, rng))
             .map_err(|source| SimulationError::Client { client, source })?;
-        server.handle(client, ToServer::AdvertiseKeys(keys), now_ms).map_err(rejected(client))?;
+        let message = ToServer::AdvertiseKeys(keys);
+        observer.to_server(client, &message);
+        server.handle(client, message, now_ms).map_err(rejected(client))?;
         clients.push(machine);
     }
     let mut responses = Vec::new();
@@ -91,14 +110,18 @@ pub fn simulate_to_unmask(
         let mut answered = Vec::new();
         for machine in clients.iter_mut().filter(|c| !silent_at(c.id(), stage)) {
             let id = machine.id();
-            let reply = match server.message_for(id) {
-                Some(ToClient::ShareKeys(keys)) => machine.share_keys(&keys, rng).map(ToServer::ShareKeys),
-                Some(ToClient::MaskedInput(shares)) => {
+            let Some(message) = server.message_for(id) else { continue };
+            observer.to_client(id, &message);
+            let reply = observer.client_work(id, stage, || match message {
+                ToClient::ShareKeys(keys) => machine.share_keys(&keys, rng).map(ToServer::ShareKeys),
+                ToClient::MaskedInput(shares) => {
                     machine.mask_input(&shares, &inputs[id as usize], rng).map(ToServer::MaskedInput)
                 }
-                Some(ToClient::Unmask(request)) => machine.unmask(&request).map(ToServer::Unmask),
-                None => continue,
-            };
+                ToClient::Unmask(request) => machine.unmask(&request).map(ToServer::Unmask),
+            });
+            if let Ok(message) = &reply {
+                observer.to_server(id, message);
+            }
             match reply {
                 // A client left with too few neighbours cannot take part: to the server it has
                 // dropped out, as it would have over a network.

@@ -272,30 +272,3 @@ fn configurations_and_graphs_follow_the_rules() {
     let cramped = SecAggConfig { modulus_bits: 24, ..base.clone() };
     assert_eq!(cramped.validate(), Err(ConfigError::NoHeadroom { clients: 10, levels: 1 << 22, modulus_bits: 24 }));
 }
-
-/// `cargo test --release -p webfl-shared secagg::tests::unmasking_speed -- --ignored --nocapture`
-#[test]
-#[ignore = "a timing, for release builds"]
-fn unmasking_speed() {
-    for clients in [100u32, 300] {
-        let dim = 199_210;
-        let config = SecAggConfig::recommended(1, clients, dim, 1);
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let inputs: Vec<Vec<f32>> =
-            (0..clients).map(|_| (0..dim).map(|_| rng.random_range(-0.1..0.1)).collect()).collect();
-        // 10% drop after sharing keys: the costly case, their pairwise masks must be rebuilt.
-        let drop_at: Vec<_> = (0..clients).map(|c| (c % 10 == 3).then_some(Stage::MaskedInput)).collect();
-        let started = std::time::Instant::now();
-        let pending = simulate_to_unmask(&config, &inputs, &drop_at, &mut rng).unwrap();
-        let clients_took = started.elapsed();
-        let started = std::time::Instant::now();
-        let sum = pending.finish().unwrap();
-        println!(
-            "n = {clients}, d = {dim}, k = {}, t = {}, {} survivors: clients {clients_took:.2?}, server unmask {:.3?}",
-            config.neighbours,
-            config.threshold,
-            sum.survivors.len(),
-            started.elapsed()
-        );
-    }
-}
