@@ -8,7 +8,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use bytes::BytesMut;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use webfl_shared::protocol::{CheckInRequest, header as h};
 
 use crate::service::{CheckInCall, Service, ServiceError, UploadCall, UploadRoom};
@@ -28,26 +28,15 @@ fn peer(parts_extensions: &axum::http::Extensions) -> Option<IpAddr> {
     parts_extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip())
 }
 
-/// Reads the whole body within the server's body deadline, refusing more than `limit` bytes
-/// with 413 and a body still arriving at the deadline with 408.
-async fn read_body(req: Request, limit: usize, service: &Service) -> Result<Bytes, ServiceError> {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ServiceError::TooLarge(limit));
-    }
-    let deadline = service.body_timeout();
-    match tokio::time::timeout(deadline, Limited::new(req.into_body(), limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ServiceError::TooLarge(limit)),
-        Ok(Err(e)) => Err(ServiceError::bad_request("bad_body", format!("the body could not be read: {e}"))),
-        Err(_) => Err(ServiceError::BodyTimeout(deadline.as_secs_f64())),
-    }
-}
-
-/// Reads an upload body frame by frame, holding room in the upload buffer for the bytes received
-/// so far (see [`UploadRoom`]). Waiting for room past the body deadline is `503 overloaded`.
-async fn read_upload_body(req: Request, service: &Service, room: &mut UploadRoom) -> Result<Bytes, ServiceError> {
-    let limit = service.upload_limit_bytes();
+/// Reads a body of at most `limit` bytes within the body deadline, frame by frame. An upload's
+/// body holds room in the upload buffer for the bytes received so far (see [`UploadRoom`]);
+/// waiting for room past the deadline is `503 overloaded`.
+async fn read_body(
+    req: Request,
+    limit: usize,
+    service: &Service,
+    mut room: Option<&mut UploadRoom>,
+) -> Result<Bytes, ServiceError> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ServiceError::TooLarge(limit));
@@ -70,7 +59,9 @@ async fn read_upload_body(req: Request, service: &Service, room: &mut UploadRoom
         if total > limit {
             return Err(ServiceError::TooLarge(limit));
         }
-        room.hold(total, deadline).await?;
+        if let Some(room) = room.as_deref_mut() {
+            room.hold(total, deadline).await?;
+        }
         if received.is_empty() {
             // The declared length, once the first bytes are in: one allocation for honest bodies.
             received.reserve(declared.map_or(total, |n| n as usize).max(total));
@@ -128,7 +119,7 @@ impl FromRequest<Service> for CheckIn {
                 "a check-in is a JSON object sent with `Content-Type: application/json` (`{}` for a first one)",
             ));
         }
-        let body = read_body(req, CHECKIN_LIMIT_BYTES, service).await?;
+        let body = read_body(req, CHECKIN_LIMIT_BYTES, service, None).await?;
         // serde would also read a JSON array as the struct's fields in order; only an object is
         // a check-in.
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -182,10 +173,13 @@ impl FromRequest<Service> for UpdateUpload {
         // Strangers' bodies take no room in the upload buffer.
         service.authenticate(&client_id, token.as_deref())?;
         let mut room = service.upload_room();
-        let body = match read_upload_body(Request::from_parts(parts, body), service, &mut room).await {
-            Err(e @ ServiceError::Overloaded { .. }) => return Err(service.refused_upload(e)),
-            read => read,
-        };
+        let body =
+            match read_body(Request::from_parts(parts, body), service.upload_limit_bytes(), service, Some(&mut room))
+                .await
+            {
+                Err(e @ ServiceError::Overloaded { .. }) => return Err(service.refused_upload(e)),
+                read => read,
+            };
         Ok(UpdateUpload(UploadCall {
             round,
             client_id,

@@ -69,8 +69,7 @@ pub fn bench_secagg(clients: u32, dim: usize, dropout: f64, neighbours: Option<u
     anyhow::ensure!((0.0..1.0).contains(&dropout), "--dropout must be in [0, 1)");
     let mut config = SecAggConfig::recommended(1, clients, dim, 1);
     if let Some(k) = neighbours {
-        config.neighbours = k;
-        config.threshold = k.div_ceil(2) + 1;
+        config = config.with_neighbours(k);
     }
     config.validate().context("the SecAgg+ settings")?;
     let mut rng = ChaCha20Rng::seed_from_u64(1);

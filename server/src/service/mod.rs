@@ -153,8 +153,7 @@ impl UploadRoom {
     /// Holds room for `bytes` in all, waiting until `deadline` for other uploads to release
     /// theirs; past it, `503` with `Retry-After`.
     pub async fn hold(&mut self, bytes: usize, deadline: tokio::time::Instant) -> Result<(), ServiceError> {
-        let held = self.held.as_ref().map_or(0, tokio::sync::OwnedSemaphorePermit::num_permits);
-        let needed = bytes.div_ceil(1024).saturating_sub(held);
+        let needed = bytes.div_ceil(1024).saturating_sub(self.held_kib());
         if needed == 0 {
             return Ok(());
         }

@@ -96,15 +96,23 @@ impl SecAggConfig {
         SecAggConfig {
             round,
             clients,
-            neighbours,
-            // The smallest t with 2t > k + 1.
-            threshold: neighbours.div_ceil(2) + 1,
+            neighbours: 0,
+            threshold: 0,
             modulus_bits: 32,
             dim,
             clipping_range: 8.0,
             quantization_levels: levels,
             graph_seed,
         }
+        .with_neighbours(neighbours)
+    }
+
+    /// `k` neighbours per client and the smallest majority threshold: the smallest t with
+    /// 2t > k + 1.
+    pub fn with_neighbours(mut self, k: u32) -> SecAggConfig {
+        self.neighbours = k;
+        self.threshold = k.div_ceil(2) + 1;
+        self
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
