@@ -300,3 +300,64 @@ async fn upload_bodies_in_memory_are_bounded_and_wait_for_room() {
     drop(first);
     assert_eq!(waiting.await.unwrap().unwrap(), 600);
 }
+
+#[tokio::test]
+async fn uploads_arriving_together_cannot_each_hold_part_of_the_buffer_and_wait_forever() {
+    // Two 900 KiB uploads into a 1 MiB buffer, both sending their first 500 KiB before either
+    // sends the rest. Were room taken as bytes arrive, each would hold 500 KiB and wait for
+    // 400 KiB more that never comes free, until both time out with 503. Taking the declared
+    // length up front lets the first read on while the second waits holding nothing.
+    let mut task = setup(ServerConfig { upload_buffer_mib: 1, body_timeout_secs: 5.0, ..ServerConfig::default() });
+    task.upload_limit_bytes = Some(1000 * 1024);
+    let service = Service::new(task).unwrap();
+    let app = app(service);
+    let chunk = Bytes::from(vec![0u8; 100 * 1024]);
+    let mut senders = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let (_, j) = json(&app, checkin(Some("application/json"), "{}")).await;
+        let (id, token) = (j["client_id"].as_str().unwrap().to_string(), j["token"].as_str().unwrap().to_string());
+        let (sender, body) = http_body_util::channel::Channel::<Bytes>::new(16);
+        let req = Request::post("/api/v1/rounds/1/update")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_LENGTH, (900 * 1024).to_string())
+            .header("x-webfl-client", &id)
+            .header("x-webfl-model-version", "0")
+            .header("x-webfl-examples", "10")
+            .body(Body::new(body))
+            .unwrap();
+        answers.push(tokio::spawn(call_owned(app.clone(), req)));
+        senders.push(sender);
+    }
+    for sender in &mut senders {
+        for _ in 0..5 {
+            sender.send_data(chunk.clone()).await.unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for mut sender in senders {
+        // The second upload's reader may still be waiting for room: send from a task.
+        let chunk = chunk.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                if sender.send_data(chunk.clone()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    for answer in answers {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(4), answer)
+            .await
+            .expect("both uploads are read well within the body timeout")
+            .unwrap();
+        // Zeros are not a valid update for this task: refused on their merits, not for room.
+        assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+        assert!(status.is_client_error(), "{status}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+async fn call_owned(app: Router, req: Request<Body>) -> (StatusCode, Bytes) {
+    let (status, _, body) = call(&app, req).await;
+    (status, body)
+}

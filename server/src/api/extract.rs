@@ -29,8 +29,9 @@ fn peer(parts_extensions: &axum::http::Extensions) -> Option<IpAddr> {
 }
 
 /// Reads a body of at most `limit` bytes within the body deadline, frame by frame. An upload's
-/// body holds room in the upload buffer for the bytes received so far (see [`UploadRoom`]);
-/// waiting for room past the deadline is `503 overloaded`.
+/// body holds room in the upload buffer (see [`UploadRoom`]): its declared length before it is
+/// read, or, sent without one, the bytes received so far; waiting for room past the deadline is
+/// `503 overloaded`.
 async fn read_body(
     req: Request,
     limit: usize,
@@ -43,6 +44,12 @@ async fn read_body(
     }
     let timeout = service.body_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
+    if let (Some(room), Some(declared)) = (room.as_deref_mut(), declared) {
+        // All of a declared body's room at once, before any of it is read: were room taken
+        // chunk by chunk, thousands of uploads could each hold a part of the buffer and all wait
+        // for more, none finishing until the body timeout.
+        room.hold(declared as usize, deadline).await?;
+    }
     let mut body = req.into_body();
     let mut received = BytesMut::new();
     loop {

@@ -138,8 +138,9 @@ pub struct UploadCall {
     pub room: UploadRoom,
 }
 
-/// One upload body's share of the upload buffer (`[server] upload_buffer_mib`), taken as its
-/// bytes arrive and given back when the upload has been processed. When the buffer is full the
+/// One upload body's share of the upload buffer (`[server] upload_buffer_mib`), taken before
+/// its bytes are read (as they arrive, for a body without a declared length) and given back when
+/// the upload has been processed. When the buffer is full the
 /// API stops reading the body: the bytes wait in the kernel's socket buffers and TCP slows the
 /// sender, so the server's memory stays bounded however many clients upload at once, and a slow
 /// sender holds only what it has sent.
@@ -247,6 +248,12 @@ impl Service {
             AssignmentTerms { plan: setup.plan, model: setup.spec.clone(), upload_limit_bytes, update: setup.update };
         let server = &setup.server;
         let server_buffer_kib = server.upload_buffer_mib.saturating_mul(1024).min(tokio::sync::Semaphore::MAX_PERMITS);
+        // An upload takes its whole declared length from the buffer before it is read.
+        anyhow::ensure!(
+            upload_limit_bytes.div_ceil(1024) <= server_buffer_kib,
+            "server.upload_buffer_mib ({} MiB) cannot hold one upload of the task's limit ({upload_limit_bytes} bytes)",
+            server.upload_buffer_mib
+        );
         let task = Task {
             name: setup.name,
             spec: setup.spec,
