@@ -145,3 +145,59 @@ fn idle_sockets_cannot_exhaust_descriptors_under_a_low_ulimit() {
     drop(idle);
     assert!(server.answers_within(Duration::from_secs(5)).is_some());
 }
+
+/// Reads one response from a keep-alive connection, `pause` after each 16 KiB of its body (a
+/// slow reader); returns its status and body length, checked against its `content-length`.
+fn read_response(stream: &mut TcpStream, pause: Duration) -> (u16, usize) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("reading the head"), 1, "closed mid-head: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; length];
+    for chunk in body.chunks_mut(16 * 1024) {
+        stream.read_exact(chunk).expect("the whole body");
+        std::thread::sleep(pause);
+    }
+    (status, length)
+}
+
+#[test]
+fn a_keep_alive_connection_idles_between_requests_without_losing_any() {
+    let server = Server::start(HOLD_IDLE, None);
+    let mut stream = server.connect();
+    let status = b"GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Idle spells between requests: the server lets hyper go and takes the socket back.
+    for _ in 0..3 {
+        stream.write_all(status).unwrap();
+        assert_eq!(read_response(&mut stream, Duration::ZERO).0, 200);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A model (~800 KB) read slowly arrives whole: the answer is never cut to go idle.
+    stream.write_all(b"GET /api/v1/models/0 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (code, length) = read_response(&mut stream, Duration::from_millis(5));
+    assert_eq!(code, 200);
+    assert!(length > 700_000, "{length} bytes");
+    // A request sent in pieces, with a pause longer than any read, is still one request.
+    stream.write_all(b"GET /api/sta").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(b"tus HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut stream, Duration::ZERO).0, 200);
+    // Two requests in one write are both answered, in order.
+    stream.write_all(&[&status[..], &status[..]].concat()).unwrap();
+    assert_eq!(read_response(&mut stream, Duration::ZERO).0, 200);
+    assert_eq!(read_response(&mut stream, Duration::ZERO).0, 200);
+    // Then silent: closed after the idle timeout (4 s), not before.
+    let start = Instant::now();
+    let (closed, rest) = closed_after(start, &mut stream);
+    let closed = closed.expect("closed within 9 s");
+    assert!(closed >= Duration::from_secs(3), "closed after {closed:?}");
+    assert!(rest.is_empty(), "{rest}");
+}

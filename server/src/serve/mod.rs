@@ -3,9 +3,10 @@
 //!
 //! The connection layer guards the process before any request reaches the API: at most
 //! `[server] max_connections` connections (kept below the descriptor limit), each beyond that
-//! answered `503` with `Retry-After` and closed at once; hyper's header-read timeout, which also
-//! ends connections idle between requests; and (in the API's extractors) a deadline for bodies.
-//! So half-sent headers, silent sockets and stalled bodies cannot pile up until accept fails.
+//! answered `503` with `Retry-After` and closed at once; hyper's header-read timeout, and the
+//! same timeout for connections idle between requests; and (in the API's extractors) a deadline
+//! for bodies. So half-sent headers, silent sockets and stalled bodies cannot pile up until
+//! accept fails. An idle connection holds no hyper state, only its socket ([`idle`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,16 +15,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 use crate::config::{ServerConfig, TaskConfig};
 use crate::service::Service;
 use crate::{api, store};
+
+mod idle;
 
 /// Descriptors kept free beyond the connection limit: the store, logs, shed answers, accept.
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -36,7 +37,7 @@ const SHED_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: a
 connection: close\r\ncontent-length: 86\r\n\r\n\
 {\"error\":\"overloaded\",\"message\":\"the server is at its connection limit; retry in 2 s\"}";
 /// Largest read buffer of one connection (hyper's minimum is 8 KiB + one 4 KiB read).
-const READ_BUFFER_BYTES: usize = 16 * 1024;
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// How long open connections get to finish after Ctrl-C (held check-ins are answered at once).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -110,12 +111,11 @@ pub async fn serve(
 ) {
     let open = Arc::new(Semaphore::new(max_connections));
     let shedding = Arc::new(Semaphore::new(SHEDDING_AT_ONCE));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (stopping, _) = tokio::sync::watch::channel(false);
     let header_timeout = Duration::from_secs_f64(config.header_timeout_secs);
     let mut http = hyper::server::conn::http1::Builder::new();
-    // A small read buffer per connection: hyper grows it towards ~400 KiB for large bodies and
-    // never shrinks it, which at 10,000 connections is gigabytes; bodies still stream through.
+    // A small read buffer per connection: hyper grows it towards ~400 KiB for large bodies,
+    // which at thousands of busy connections is gigabytes; bodies still stream through.
     http.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(READ_BUFFER_BYTES);
     tokio::pin!(shutdown);
     loop {
@@ -135,25 +135,13 @@ pub async fn serve(
             shed(stream, &shedding);
             continue;
         };
-        let app = app.clone();
-        let handler = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req)
-        });
-        let (http, watcher, mut stopping) = (http.clone(), graceful.watcher(), stopping.subscribe());
+        let (app, http, stopping) = (app.clone(), http.clone(), stopping.subscribe());
         tokio::spawn(async move {
-            // hyper allocates its read and write buffers (~16 KiB) when it starts on a
-            // connection: start it only once the client has sent something, so idle sockets
-            // cost next to nothing, and close those that stay silent past the header timeout.
-            tokio::select! {
-                readable = tokio::time::timeout(header_timeout, stream.readable()) => {
-                    if !matches!(readable, Ok(Ok(()))) {
-                        return;
-                    }
-                }
-                _ = stopping.changed() => return,
-            }
-            if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(stream), handler)).await {
+            // hyper holds the connection only while it is busy; silent past the header timeout,
+            // it is closed.
+            if let idle::Ended::Failed(e) =
+                idle::serve_connection(stream, peer, app, http, header_timeout, stopping).await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -161,7 +149,9 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stopping.send(true);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    // Every connection holds a permit until it ends: all of them back means all are closed.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE, open.acquire_many(all)).await.is_err() {
         tracing::warn!("connections still open after the shutdown grace period; closing them");
     }
 }
