@@ -169,8 +169,7 @@ impl Sensitivity {
     }
 }
 
-/// Δ₂² of [`Sensitivity::of_rounded`]: the client compares the rounded vector's squared norm
-/// against exactly this number, so that the client's check and the accountant cannot disagree.
+/// Δ₂² of [`Sensitivity::of_rounded`].
 fn rounded_norm_bound_squared(norm: f64, dim: usize, beta: f64) -> f64 {
     let root_d = (dim as f64).sqrt();
     let always = (norm + root_d) * (norm + root_d);
@@ -582,9 +581,10 @@ impl SkellamConfig {
 
     /// Randomized rounding of `x`, repeated until the result's squared norm is within Δ₂².
     fn round_conditionally(&self, x: &[f64], rng: &mut impl RngCore) -> Result<Vec<i64>, DistributedError> {
-        let bound = rounded_norm_bound_squared(self.scale * self.clip, x.len(), self.beta);
-        // The squared norm is an integer, so comparing with ⌊Δ₂²⌋ is exact.
-        let bound = bound.floor() as u128;
+        // Δ₂² formed exactly as the accountant forms it, so the two cannot disagree by a rounding;
+        // the squared norm is an integer, so comparing with ⌊Δ₂²⌋ is exact.
+        let l2 = self.sensitivity().l2;
+        let bound = (l2 * l2).floor() as u128;
         let mut out = vec![0i64; x.len()];
         for _ in 0..self.max_rounding_tries {
             let mut norm_sq: u128 = 0;
