@@ -2,5 +2,6 @@
 
 pub mod accountant;
 pub mod budget;
+pub mod distributed;
 
 pub use budget::PrivacyBudget;
