@@ -283,7 +283,7 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             header_timeout_secs: 15.0,
             body_timeout_secs: 30.0,
-            upload_buffer_mib: 64,
+            upload_buffer_mib: 32,
             registrations_per_minute: 60,
             checkins_per_minute: 120,
             uploads_per_minute: 20,
