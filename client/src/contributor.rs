@@ -16,7 +16,9 @@ use webfl_shared::params::Params;
 use webfl_shared::participant::{
     Action, Attack, Failure, Identity, Notice, Phase, Randomness, Reply, Session, SessionError, TrainJob, UploadRequest,
 };
-use webfl_shared::protocol::{self as proto, CheckInRequest, CheckInResponse, TaskInfo, UploadResponse};
+use webfl_shared::protocol::{
+    self as proto, CheckInRequest, CheckInResponse, SecAggAnswer, SecAggRequest, TaskInfo, UploadResponse,
+};
 use webfl_shared::train::{TrainError, TrainStats};
 
 use crate::ClientError;
@@ -252,6 +254,7 @@ impl Inner {
                 Action::Download { model_version } => Reply::Model(self.download(model_version).await),
                 Action::Train(job) => Reply::Trained(self.train(*job, &data, &mut engine).await),
                 Action::Upload(request) => Reply::Uploaded(self.upload(&request).await?),
+                Action::SecAgg { round, token, request } => Reply::SecAgg(self.secagg(round, &token, &request).await?),
                 Action::Wait { ms } => {
                     self.pause(ms).await;
                     Reply::Waited
@@ -328,6 +331,23 @@ impl Inner {
         let url = self.url(&format!("/api/v1/rounds/{}/update", request.round));
         Ok(match exchange("POST", &url, &headers, Some(&request.body)).await {
             Ok(bytes) => Ok(parse(&bytes, "upload")?),
+            Err(failure) => Err(failure),
+        })
+    }
+
+    /// `POST /api/v1/rounds/{round}/secagg`: one step of a secure-aggregation round.
+    async fn secagg(
+        &self,
+        round: u64,
+        token: &str,
+        request: &SecAggRequest,
+    ) -> Result<Result<SecAggAnswer, Failure>, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let auth = format!("Bearer {token}");
+        let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+        let url = self.url(&format!("/api/v1/rounds/{round}/secagg"));
+        Ok(match exchange("POST", &url, &headers, Some(&body)).await {
+            Ok(bytes) => Ok(parse(&bytes, "secure-aggregation")?),
             Err(failure) => Err(failure),
         })
     }

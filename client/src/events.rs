@@ -10,7 +10,8 @@ pub use webfl_shared::participant::{Phase, RoundReport};
 #[wasm_bindgen(typescript_custom_section)]
 const TS_EVENTS: &str = r#"
 /** What the client is doing. */
-export type ClientPhase = "connecting" | "waiting" | "downloading" | "training" | "uploading" | "stopped";
+export type ClientPhase =
+  "connecting" | "waiting" | "downloading" | "training" | "uploading" | "secure_aggregation" | "stopped";
 export interface StateEvent { type: "state"; state: ClientPhase; round: number | null; detail: string }
 /** The identity the server issued; persist it to resume after a reload. */
 export interface IdentityEvent { type: "identity"; client_id: string; token: string }

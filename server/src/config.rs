@@ -34,6 +34,11 @@
 //! max_rounds = 100
 //! population = 1000
 //!
+//! [secure_aggregation]       # SecAgg+: the server sees only each round's sum (simulate: --secagg)
+//! threshold = 4              # t: the fewest clients a sum is made of [default: a majority of k + 1]
+//! neighbours = 6             # k [default: 2⌈log2 n⌉ for a cohort of n]
+//! cohort_secs = 10           # the cohort is fixed when the selection is full, or after this
+//!
 //! [simulation]               # `webfl simulate` only; `webfl serve` ignores it
 //! clients = 100
 //! rounds = 50
@@ -53,7 +58,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use webfl_shared::codec::Compression;
-use webfl_shared::coordinator::RoundPolicy;
+use webfl_shared::coordinator::{RoundPolicy, SecAggPolicy};
 use webfl_shared::data::Split;
 use webfl_shared::data::csv::{CsvOptions, LabelColumn};
 use webfl_shared::data::partition::Partition;
@@ -117,6 +122,10 @@ pub struct TaskConfig {
     pub rounds: RoundsConfig,
     #[command(flatten)]
     pub privacy: PrivacyConfig,
+    /// `[secure_aggregation]`: present (or `--secagg`), every round sums its updates by SecAgg+.
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecAggPolicy>,
     #[command(flatten)]
     pub simulation: SimulationConfig,
     /// `webfl serve` only, and not part of the task: changing it keeps the task's history.
@@ -376,6 +385,7 @@ fn sections() -> Vec<(Option<&'static str>, clap::Command)> {
         (Some("strategy"), StrategyConfig::augment_args(cmd("strategy"))),
         (Some("rounds"), RoundsConfig::augment_args(cmd("rounds"))),
         (Some("privacy"), PrivacyConfig::augment_args(cmd("privacy"))),
+        (Some("secure_aggregation"), SecAggPolicy::augment_args(cmd("secure_aggregation"))),
         (Some("simulation"), SimulationConfig::augment_args(cmd("simulation"))),
     ];
     let nested: Vec<String> =
@@ -484,6 +494,10 @@ impl TaskConfig {
             None => serde_json::to_value(Self::default())?,
         };
         let flags = serde_json::to_value(Self::from_arg_matches(matches)?)?;
+        // Secure aggregation is on when any of its flags (`--secagg` itself sets none) is given.
+        if flags.get("secure_aggregation").is_some_and(Value::is_object) {
+            slot(&mut value, Some("secure_aggregation"))?;
+        }
         for (section, cmd) in sections() {
             for arg in cmd.get_arguments() {
                 let id = arg.get_id().as_str();
@@ -522,10 +536,15 @@ impl TaskConfig {
     /// `privacy.population` and `privacy.max_rounds` where they matter, see [`Self::setup`]).
     pub fn validate(&self) -> Result<()> {
         self.plan.validate()?;
-        self.policy(1)?.validate()?;
+        let policy = self.policy(1)?;
+        policy.validate()?;
+        let (update, central_dp, _) = self.simulation_pipeline()?;
         let mut strategy = self.strategy.clone();
-        strategy.central_dp = self.simulation_pipeline()?.1;
-        strategy.validate()?;
+        strategy.central_dp = central_dp;
+        let built = strategy.build()?;
+        if let Some(secure) = &self.secure_aggregation {
+            secure.validate(&policy, &update, &built)?;
+        }
         self.server.validate()?;
         let s = &self.simulation;
         anyhow::ensure!(s.clients > 0, "simulation.clients (--clients) must be at least 1");
@@ -657,6 +676,10 @@ impl TaskConfig {
     /// Loads the data and the model and builds what the HTTP layer serves. Only the held-out
     /// split stays on the server: training data lives on the clients.
     pub fn setup(&self) -> Result<TaskSetup> {
+        anyhow::ensure!(
+            self.secure_aggregation.is_none(),
+            "secure aggregation runs in `webfl simulate` only: `webfl serve` does not serve its exchange yet"
+        );
         let Split { train, test } = self.load_data()?;
         // MNIST is public: demo clients take their partition of its training split from the
         // server. A CSV task's data is the operator's own and is not served.
@@ -790,6 +813,55 @@ mod tests {
         assert_eq!(locate("nope"), None);
         let cfg = TaskConfig::default().with_override("server_lr", "0.5").unwrap();
         assert_eq!(cfg.strategy.server_lr, Some(0.5));
+    }
+
+    #[test]
+    fn secure_aggregation_is_a_table_or_its_flags_and_stays_out_of_plain_tasks() {
+        let on = TaskConfig::from_toml("[secure_aggregation]\nthreshold = 4\n").unwrap();
+        assert_eq!(on.secure_aggregation, Some(SecAggPolicy { threshold: Some(4), ..SecAggPolicy::default() }));
+        assert_eq!(
+            TaskConfig::from_toml("[secure_aggregation]").unwrap().secure_aggregation,
+            Some(SecAggPolicy::default())
+        );
+        // Off, it is not part of a task's stored identity: existing tasks resume unchanged.
+        assert!(!TaskConfig::default().identity_json().unwrap().contains("secure_aggregation"));
+        assert!(on.identity_json().unwrap().contains("secure_aggregation"));
+        let matches = command().try_get_matches_from(["x", "--secagg-neighbours", "4"]).unwrap();
+        let cfg = TaskConfig::from_matches(&matches, None).unwrap();
+        assert_eq!(cfg.secure_aggregation.map(|s| (s.neighbours, s.threshold)), Some((Some(4), None)));
+        let plain = TaskConfig::from_matches(&command().try_get_matches_from(["x"]).unwrap(), None).unwrap();
+        assert_eq!(plain.secure_aggregation, None);
+        assert_eq!(locate("secagg-threshold"), Some((Some("secure_aggregation"), "threshold".into())));
+        let err = format!("{:#}", TaskConfig::from_toml("[secure_aggregation]\nthrehsold = 3").unwrap_err());
+        assert!(err.contains("threhsold"), "{err}");
+        let Err(err) = on.setup() else { panic!("serve took a secure-aggregation task") };
+        assert!(format!("{err:#}").contains("webfl simulate"), "{err:#}");
+    }
+
+    #[test]
+    fn secure_aggregation_refuses_what_it_cannot_sum_and_says_why() {
+        let err = |text: &str| format!("{:#}", TaskConfig::from_toml(text).unwrap_err());
+        let with = |text: &str| format!("{text}\n[secure_aggregation]\n");
+        assert!(err(&with("compression = \"topk:0.1\"")).contains("random-k with an index set shared"));
+        assert!(err(&with("compression = \"q8\"")).contains("uncompressed"));
+        for kind in ["median", "trimmed-mean", "krum", "bulyan"] {
+            let why = err(&with(&format!("[strategy]\nkind = \"{kind}\"")));
+            assert!(why.contains("needs the individual updates"), "{kind}: {why}");
+        }
+        assert!(err(&with("[strategy]\nnorm_bound = 1.0")).contains("norm bounding"));
+        let central = "[privacy]\nmode = \"central\"\nclip = 1.0\nnoise_multiplier = 1.0";
+        assert!(err(&with(central)).contains("central DP clips each update"));
+        let adaptive = "[privacy]\nmode = \"central\"\nclip = 1.0\nnoise_multiplier = 0.1\nadaptive_clip = true";
+        assert!(err(&with(adaptive)).contains("adaptive clipping"));
+        // Local DP is the clients' own: it is fine.
+        let local = "[privacy]\nmode = \"local\"\nclip = 1.0\nnoise_multiplier = 1.0";
+        assert!(TaskConfig::from_toml(&with(local)).is_ok());
+        let odd = "[rounds]\ntarget_reports = 10\n[secure_aggregation]\nneighbours = 3";
+        assert!(err(odd).contains("neighbours must be even"), "{}", err(odd));
+        let minority = "[rounds]\ntarget_reports = 10\n[secure_aggregation]\nneighbours = 6\nthreshold = 3";
+        assert!(err(minority).contains("majority"), "{}", err(minority));
+        assert!(err("[secure_aggregation]\nthreshold = 9").contains("at least 9 clients"));
+        assert!(err("[secure_aggregation]\nkeys_secs = 30").contains("no time to train"));
     }
 
     #[test]

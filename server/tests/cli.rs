@@ -206,6 +206,44 @@ fn simulate_writes_history_csv_and_chart_and_learns_mnist() {
     assert!(png.len() > 10_000, "history.png is only {} bytes", png.len());
 }
 
+/// `--secagg --dropout`: every round sums its updates by SecAgg+ (clients vanishing at every
+/// stage, the server rebuilding their masks), every history row says who took part in each
+/// stage, and the 2NN still learns MNIST.
+#[test]
+fn secure_aggregation_with_dropouts_learns_mnist_and_reports_every_stage() {
+    require_mnist();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let flags = ["--clients", "20", "--target-reports", "6", "--rounds", "4", "--lr", "0.1", "--batch", "10"];
+    let stdout = simulate(dir, &[&flags[..], &["--secagg", "--dropout", "0.2", "--seed", "3"]].concat());
+    let rows = history(dir);
+    assert_eq!(rows.len(), 4);
+    let mut dropouts = 0;
+    for row in &rows {
+        let s = &row["secagg"];
+        let count = |key: &str| s[key].as_u64().unwrap_or_else(|| panic!("no {key} in {row}"));
+        let stages = ["cohort", "advertised", "shared", "masked", "unmasked"].map(count);
+        assert_eq!(stages[0], 8, "ceil(6 · 1.3) selected: {row}");
+        assert!(stages.windows(2).all(|w| w[0] >= w[1]), "survivors only shrink: {row}");
+        dropouts += stages[0] - stages[4];
+        if row["outcome"] != "abandoned" {
+            assert_eq!(row["clients"].as_u64(), Some(stages[3]), "the sum is of the masked inputs: {row}");
+        }
+    }
+    assert!(dropouts > 0, "a 20% dropout left every cohort whole");
+    assert!(stdout.contains("cohort 8 → keys"), "the table reports each round's stages:\n{stdout}");
+    let accuracy: Vec<f64> = rows.iter().map(|r| number(r, "test_accuracy")).collect();
+    assert!(accuracy[3] > 0.75 && accuracy[3] > accuracy[0], "test accuracy {accuracy:?}");
+    let csv = read(&dir.join("history.csv"));
+    assert!(csv.lines().next().unwrap_or_default().ends_with("secagg_masked,secagg_unmasked"), "{csv}");
+
+    // What it cannot sum is refused before anything runs, naming why.
+    let err = simulate_err(&dir.join("refused"), &["--secagg", "--strategy", "median", "--rounds", "1"]);
+    assert!(err.contains("median needs the individual updates"), "{err}");
+    let err = simulate_err(&dir.join("refused"), &["--secagg-threshold", "2", "--secagg-neighbours", "6"]);
+    assert!(err.contains("majority"), "{err}");
+}
+
 /// Settings come from the `--config` TOML file, and a flag overrides the same setting there.
 #[test]
 fn config_file_sets_defaults_and_flags_override_it() {

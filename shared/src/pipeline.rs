@@ -7,9 +7,9 @@
 //!
 //! One [`UpdateSpec`] — sent to every client with its assignment — configures the client half,
 //! and the server decodes with the same code ([`decode`]), so browser, simulation and server
-//! cannot disagree about a format. Secure aggregation will add a masking step between compress and
-//! encode; masks need integer (fixed-point) values, which is why [`prepare`] keeps compression and
-//! encoding as separate stages in the codec rather than one fused float step.
+//! cannot disagree about a format. Under secure aggregation a client stops after the noise
+//! ([`prepare_for_sum`]): SecAgg+ quantizes and masks the plain values itself, so such tasks take
+//! no compression ([`summable`]).
 //!
 //! ## Noise and its caveats
 //! Gaussian noise is drawn with [`add_gaussian_noise`] from the generator the caller passes. In
@@ -181,6 +181,43 @@ pub fn prepare(
     noise: &mut dyn RngCore,
     rng: &mut Rng,
 ) -> Result<Prepared, PipelineError> {
+    let (norm, clipped) = clip_and_noise(delta, spec, noise)?;
+    let body = codec::encode(delta.as_slice(), &spec.compression, memory, rng)?;
+    Ok(Prepared { body, norm, clipped })
+}
+
+/// The client half under secure aggregation: clip → local noise, in place, and nothing more —
+/// the masked sum needs the plain values (SecAgg+ quantizes them itself). Returns `‖Δ‖₂` before
+/// clipping and whether clipping scaled it.
+pub fn prepare_for_sum(
+    delta: &mut Params,
+    spec: &UpdateSpec,
+    noise: &mut dyn RngCore,
+) -> Result<(f64, bool), PipelineError> {
+    summable(spec)?;
+    clip_and_noise(delta, spec, noise)
+}
+
+/// Whether updates under `spec` can be summed by secure aggregation: only uncompressed ones.
+/// Top-k sends indices of the client's own choosing, which would reveal what the masks hide, and
+/// random-k would need one index set shared by the whole cohort.
+pub fn summable(spec: &UpdateSpec) -> Result<(), PipelineError> {
+    match spec.compression {
+        Compression::None => Ok(()),
+        ref other => Err(PipelineError::BadSpec(format!(
+            "secure aggregation sums uncompressed updates, and compression is {other}: top-k sends indices of \
+             each client's choosing, which the masks cannot hide; random-k with an index set shared by the \
+             cohort is not supported yet; q8 and QSGD requantize what SecAgg+ quantizes itself"
+        ))),
+    }
+}
+
+/// Clip (flat or per layer), then local DP noise: the steps every client runs on `Δ`.
+fn clip_and_noise(
+    delta: &mut Params,
+    spec: &UpdateSpec,
+    noise: &mut dyn RngCore,
+) -> Result<(f64, bool), PipelineError> {
     spec.validate()?;
     if !delta.all_finite() {
         return Err(PipelineError::NonFinite);
@@ -193,8 +230,7 @@ pub fn prepare(
     if spec.noise_std > 0.0 {
         add_gaussian_noise(delta.as_mut_slice(), spec.noise_std, noise);
     }
-    let body = codec::encode(delta.as_slice(), &spec.compression, memory, rng)?;
-    Ok(Prepared { body, norm, clipped })
+    Ok((norm, clipped))
 }
 
 /// The server half: decodes an upload into an update of `layout`, refusing anything the task's

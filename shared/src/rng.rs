@@ -38,6 +38,9 @@ pub enum Stream {
     Codec = 6,
     /// Simulation: client speeds, network times and dropouts.
     Behaviour = 7,
+    /// A client's secure-aggregation keys, seeds, shares and stochastic rounding in simulation
+    /// (production draws them from the platform's CSPRNG, like privacy noise).
+    SecureAggregation = 8,
 }
 
 /// The generator for `role` under `seed`, further split by `path` (e.g. `[round, client]`).

@@ -86,9 +86,9 @@ pub fn bench_secagg(clients: u32, dim: usize, dropout: f64, neighbours: Option<u
     let started = Instant::now();
     let sum = pending.finish()?;
     let server_unmask_s = started.elapsed().as_secs_f64();
-    let survivors = sum.survivors.len();
+    let survivors = sum.survivors().len();
     let per = |stage: usize, n: usize| watch.seconds[stage] / n.max(1) as f64;
-    let bytes: usize = sum.survivors.iter().map(|&c| watch.bytes[c as usize]).sum();
+    let bytes: usize = sum.survivors().iter().map(|&c| watch.bytes[c as usize]).sum();
     Ok(SecAggBench {
         clients,
         dim,

@@ -19,6 +19,10 @@ pub struct SimulateArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub task: TaskConfig,
+    /// Secure aggregation (SecAgg+) with the `[secure_aggregation]` defaults: the coordinator
+    /// sees only each round's sum (any `--secagg-*` flag turns it on too).
+    #[arg(long, group = "SecAggPolicy", help_heading = "Secure aggregation [secure_aggregation]")]
+    pub secagg: bool,
     /// A ready-made comparison: privacy-utility (central DP at ε ∈ {0.5,1,2,4,8,∞}) or
     /// compression (dense, 8-bit, top-k 10%/1% with error feedback, top-k 1% + 8-bit,
     /// random-k 10%, QSGD s=16). Writes tables and a trade-off chart into --out.

@@ -16,7 +16,7 @@ use crate::store::unix_ms;
 /// Runs the sequence for `settled`; returns whether a new version was committed.
 pub(super) async fn settle(service: &Service, settled: Settled) -> bool {
     match settled {
-        Settled::Abandoned { round, reports, selected, opened_at_ms, why } => {
+        Settled::Abandoned { round, reports, selected, opened_at_ms, why, .. } => {
             tracing::warn!(round, reports, selected, %why, "round abandoned");
             let mut record = RoundRecord {
                 round,

@@ -2,6 +2,7 @@
 //! `{"error": code, "message": text}` with a status chosen from its [`Refusal`] kind.
 
 use webfl_shared::coordinator::RoundError;
+use webfl_shared::secagg::ServerError;
 
 /// What kind of refusal an error is; the API maps each to one HTTP status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,12 +111,19 @@ impl ServiceError {
                 | RoundError::WrongRound { .. }
                 | RoundError::WrongModelVersion { .. }
                 | RoundError::NoOpenRound
-                | RoundError::DeadlinePassed(_) => Refusal::Conflict,
+                | RoundError::DeadlinePassed(_)
+                | RoundError::SecureRound(_)
+                | RoundError::NotSecureRound(_)
+                | RoundError::CohortNotFixed(_)
+                | RoundError::SecAggRefused(ServerError::OutOfStage { .. } | ServerError::AlreadyReceived(_)) => {
+                    Refusal::Conflict
+                }
+                RoundError::SecAggRefused(_) => Refusal::Unprocessable,
                 RoundError::BadUpdate(_)
                 | RoundError::NoExamples
                 | RoundError::TooManyExamples { .. }
                 | RoundError::OutOfRange { .. } => Refusal::Unprocessable,
-                RoundError::BadPolicy(_) | RoundError::NothingToCommit => Refusal::Internal,
+                RoundError::BadPolicy(_) | RoundError::BadSecAgg(_) | RoundError::NothingToCommit => Refusal::Internal,
             },
             ServiceError::RateLimited { .. } => Refusal::TooManyRequests,
             ServiceError::Overloaded { .. } => Refusal::Unavailable,
@@ -134,7 +142,13 @@ impl ServiceError {
             ServiceError::BodyTimeout(_) => "body_timeout",
             ServiceError::BadUpdate(_) => "bad_update",
             ServiceError::Round(e) => match e {
-                RoundError::BadPolicy(_) | RoundError::NothingToCommit => "internal",
+                RoundError::BadPolicy(_) | RoundError::BadSecAgg(_) | RoundError::NothingToCommit => "internal",
+                RoundError::SecureRound(_) => "secure_round",
+                RoundError::NotSecureRound(_) => "not_secure_round",
+                RoundError::CohortNotFixed(_) => "cohort_not_fixed",
+                RoundError::SecAggRefused(ServerError::OutOfStage { .. }) => "out_of_stage",
+                RoundError::SecAggRefused(ServerError::AlreadyReceived(_)) => "already_received",
+                RoundError::SecAggRefused(_) => "bad_secagg_message",
                 RoundError::NoOpenRound => "no_open_round",
                 RoundError::WrongRound { .. } => "wrong_round",
                 RoundError::WrongModelVersion { .. } => "wrong_model_version",

@@ -244,8 +244,13 @@ impl Service {
         let rounds_completed = history.iter().filter(|r| r.version.is_some()).count() as u64;
         let at = Resumed { version, next_round, rounds_completed };
         let coordinator = SyncCoordinator::new(setup.policy, strategy, global, at, setup.privacy)?;
-        let terms =
-            AssignmentTerms { plan: setup.plan, model: setup.spec.clone(), upload_limit_bytes, update: setup.update };
+        let terms = AssignmentTerms {
+            plan: setup.plan,
+            model: setup.spec.clone(),
+            upload_limit_bytes,
+            update: setup.update,
+            secure_aggregation: None,
+        };
         let server = &setup.server;
         let server_buffer_kib = server.upload_buffer_mib.saturating_mul(1024).min(tokio::sync::Semaphore::MAX_PERMITS);
         // An upload takes its whole declared length from the buffer before it is read.

@@ -1,6 +1,7 @@
 //! How simulated clients behave: how fast they train, how long the network takes, and whether a
-//! selected client vanishes mid-round. Every draw comes from the seed's `Behaviour` stream keyed
-//! by client (and round), so it does not depend on the order events happen in.
+//! selected client vanishes mid-round (in a secure round: at which SecAgg+ stage). Every draw
+//! comes from the seed's `Behaviour` stream keyed by client (and round), so it does not depend on
+//! the order events happen in.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,6 +10,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use webfl_shared::participant::Attack;
 use webfl_shared::rng::{self, Stream};
+use webfl_shared::secagg::Stage;
 
 use crate::config::SimulationConfig;
 
@@ -154,6 +156,21 @@ pub struct Behaviour {
 /// Microseconds of virtual time.
 pub type Micros = u64;
 
+/// A selected client vanishing mid-round (a closed tab, a sleeping laptop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dropout {
+    /// How long until it comes back.
+    pub back_after: Micros,
+    /// In a secure round, the first stage whose message it never sends: before advertising its
+    /// keys, after them, after sharing its secrets (it never trains), or after uploading its
+    /// masked input (the server must then rebuild its pairwise masks). A plain round's client
+    /// vanishes at training, whatever this says.
+    pub stage: Stage,
+}
+
+/// The stages a secure round's client may vanish at, equally likely.
+const DROPOUT_STAGES: [Stage; 4] = [Stage::AdvertiseKeys, Stage::ShareKeys, Stage::MaskedInput, Stage::Unmask];
+
 impl Behaviour {
     pub fn new(seed: u64, cfg: &SimulationConfig) -> Self {
         Self { seed, cfg: cfg.clone() }
@@ -199,15 +216,18 @@ impl Behaviour {
         secs(bytes as f64 * 8.0 / (self.cfg.bandwidth_mbps * 1e6))
     }
 
-    /// Whether `client` vanishes in `round`, and if so after how long it comes back
-    /// (between one and two deadlines).
-    pub fn dropout(&self, client: usize, round: u64, deadline_ms: u64) -> Option<Micros> {
+    /// Whether `client` vanishes in `round`: after how long it comes back (between one and two
+    /// deadlines) and at which stage of a secure round.
+    pub fn dropout(&self, client: usize, round: u64, deadline_ms: u64) -> Option<Dropout> {
         if self.cfg.dropout <= 0.0 {
             return None;
         }
         let mut r = rng::stream(self.seed, Stream::Behaviour, &[1, round, client as u64]);
-        (r.random::<f64>() < self.cfg.dropout)
-            .then(|| (deadline_ms as f64 * (1.0 + r.random::<f64>()) * 1000.0) as Micros)
+        (r.random::<f64>() < self.cfg.dropout).then(|| {
+            let back_after = (deadline_ms as f64 * (1.0 + r.random::<f64>()) * 1000.0) as Micros;
+            // Drawn last, so plain rounds draw what they always drew.
+            Dropout { back_after, stage: DROPOUT_STAGES[r.random_range(0..DROPOUT_STAGES.len())] }
+        })
     }
 }
 
@@ -256,5 +276,18 @@ mod tests {
             assert_eq!(p.samples_per_s, if p.straggler { 200.0 } else { 2000.0 });
         }
         assert_eq!(b.profile(7), Behaviour::new(3, &cfg).profile(7));
+    }
+
+    #[test]
+    fn dropouts_hit_their_share_of_clients_at_every_secure_stage() {
+        let b = Behaviour::new(4, &SimulationConfig { dropout: 0.25, ..SimulationConfig::default() });
+        let drops: Vec<Dropout> = (0..4000).filter_map(|c| b.dropout(c, 3, 10_000)).collect();
+        assert!((800..1200).contains(&drops.len()), "{} of 4000 dropped", drops.len());
+        for stage in DROPOUT_STAGES {
+            let n = drops.iter().filter(|d| d.stage == stage).count();
+            assert!((150..350).contains(&n), "{n} dropped at {stage:?}");
+        }
+        assert!(drops.iter().all(|d| (10_000_000..=20_000_000).contains(&d.back_after)));
+        assert_eq!(b.dropout(17, 3, 10_000), b.dropout(17, 3, 10_000));
     }
 }

@@ -6,8 +6,9 @@
 //! the behaviour model's: network latency and bandwidth, and local training at each client's
 //! speed. The coordinator's work (selection, aggregation, evaluation, commit) takes none.
 //!
-//! Driver invariants, mirroring the server: a check-in the coordinator answers with *wait* is
-//! held (long poll) until the coordinator's state changes or the client's wait runs out;
+//! Driver invariants, mirroring the server: a check-in (or a secure round's request) the
+//! coordinator answers with *wait* is held (long poll) until the coordinator's state changes
+//! (its `revision`; in a plain run, a settled round) or the client's wait runs out;
 //! deadlines are applied at `next_deadline_ms`; a closed round is evaluated and its version made
 //! downloadable before it is committed; refusals carry the server's HTTP status and error code.
 //! Training is real (the CPU engine): every training pending when one is needed runs in
@@ -28,13 +29,16 @@ use webfl_shared::gpu::block_on;
 
 use crate::config::SimBackend;
 use crate::service::{Refusal, ServiceError, decode_update};
-use webfl_shared::coordinator::{Coordinator, Resumed, RoundPolicy, Settled, SyncCoordinator, Upload};
+use webfl_shared::coordinator::{Coordinator, Resumed, RoundPolicy, SecAggPolicy, Settled, SyncCoordinator, Upload};
 use webfl_shared::data::Dataset;
 use webfl_shared::params::Params;
 use webfl_shared::participant::{Action, Failure, Randomness, Reply, Session, TrainJob, UploadRequest};
 use webfl_shared::privacy::PrivacyBudget;
-use webfl_shared::protocol::{AssignmentTerms, MAX_CHECK_IN_WAIT_MS, UploadResponse};
+use webfl_shared::protocol::{
+    AssignmentTerms, MAX_CHECK_IN_WAIT_MS, SecAggAnswer, SecAggDone, SecAggRequest, UploadResponse,
+};
 use webfl_shared::rng::{self, Stream};
+use webfl_shared::secagg::{Stage, ToServer};
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::{EvalStats, TrainError, TrainStats};
 
@@ -48,6 +52,8 @@ pub struct World {
     /// What every assignment carries: model, plan, update pipeline, upload limit.
     pub terms: AssignmentTerms,
     pub policy: RoundPolicy,
+    /// Secure aggregation of every round (the terms then carry its part).
+    pub secure: Option<SecAggPolicy>,
     /// The strategy (with central DP resolved); its noise is drawn from the seed's `Noise` stream.
     pub strategy: StrategyConfig,
     pub initial: Params,
@@ -85,6 +91,9 @@ enum Event {
     CheckIn(usize, u64),
     /// Client `.0`'s upload reaches the coordinator.
     Upload(usize),
+    /// Client `.0`'s secure-aggregation request reaches (or, held, is re-examined by) the
+    /// coordinator; `.1` is its generation, as for check-ins.
+    SecAgg(usize, u64),
     /// A deadline may have passed.
     Tick,
 }
@@ -96,9 +105,12 @@ struct Client {
     /// The answer to the client's last action, ready at its `Deliver` event.
     reply: Option<Reply>,
     upload: Option<UploadRequest>,
+    /// A secure-aggregation request in flight or held: its round and body.
+    secagg: Option<(u64, SecAggRequest)>,
     /// The last local training's stats (what the upload in flight was trained with).
     trained: Option<TrainStats>,
-    /// A check-in at the coordinator: its generation and until when it may be held.
+    /// A check-in (or secure-aggregation request) at the coordinator: its generation and until
+    /// when it may be held.
     generation: u64,
     held_until: Micros,
     held: bool,
@@ -137,6 +149,8 @@ struct Driver<'a> {
     stale: Vec<u64>,
     dropouts: u64,
     stopped: Option<String>,
+    /// The coordinator's revision held requests were last looked at under.
+    revision: u64,
 }
 
 /// A local training's outcome, as the session takes it.
@@ -155,13 +169,16 @@ pub fn drive(world: &World, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<Run
     let mut strategy = world.strategy.build()?;
     // Seeded noise: simulations are reproducible; production seeds from platform entropy.
     strategy.set_noise_source(Box::new(ChaCha20Rng::from_rng(&mut rng::stream(world.seed, Stream::Noise, &[]))));
-    let coordinator = SyncCoordinator::new(
+    let mut coordinator = SyncCoordinator::new(
         world.policy.clone(),
         strategy,
         world.initial.clone(),
         Resumed::default(),
         world.privacy.clone(),
     )?;
+    if let Some(secure) = &world.secure {
+        coordinator = coordinator.with_secure_aggregation(secure.clone(), &world.terms.update)?;
+    }
     let clients = world
         .clients
         .iter()
@@ -178,6 +195,7 @@ pub fn drive(world: &World, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<Run
             profile: world.behaviour.profile(i),
             reply: None,
             upload: None,
+            secagg: None,
             trained: None,
             generation: 0,
             held_until: 0,
@@ -207,6 +225,7 @@ pub fn drive(world: &World, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<Run
         stale: vec![0; world.clients.len()],
         dropouts: 0,
         stopped: None,
+        revision: 0,
     };
     driver.start();
     driver.run(on_round)?;
@@ -262,6 +281,7 @@ impl Driver<'_> {
                 Event::Deliver(i) => self.deliver(i)?,
                 Event::CheckIn(i, generation) => self.check_in(i, generation),
                 Event::Upload(i) => self.upload(i, on_round)?,
+                Event::SecAgg(i, generation) => self.secagg(i, generation, on_round)?,
                 Event::Tick => {
                     if self.tick_at.is_some_and(|t| t <= time) {
                         self.tick_at = None;
@@ -270,6 +290,12 @@ impl Driver<'_> {
                         self.settle(settled, on_round)?;
                     }
                 }
+            }
+            // A secure round moves in many steps (cohort fixed, each stage), each of which may
+            // have something for held clients; a plain round has only its settling (below).
+            if self.world.secure.is_some() && self.coordinator.revision() != self.revision {
+                self.revision = self.coordinator.revision();
+                self.wake();
             }
             self.schedule_tick();
         }
@@ -315,6 +341,7 @@ impl Driver<'_> {
                 let arrive = now + b.one_way();
                 let client = &mut self.clients[i];
                 client.generation += 1;
+                client.secagg = None;
                 client.held_until = arrive + wait * 1000;
                 let generation = client.generation;
                 self.at(arrive, Event::CheckIn(i, generation));
@@ -332,12 +359,19 @@ impl Driver<'_> {
             }
             Action::Train(job) => {
                 let deadline_ms = self.world.policy.deadline_ms;
-                if let Some(back) = b.dropout(i, job.round, deadline_ms) {
-                    // Gone mid-round (a closed tab, a sleeping laptop): no update; it returns later.
+                let dropout = b.dropout(i, job.round, deadline_ms);
+                let secure = self.world.secure.is_some();
+                if let Some(gone) = dropout.filter(|d| !secure || d.stage == Stage::MaskedInput) {
+                    // Gone mid-round (a closed tab, a sleeping laptop): no update; it returns later
+                    // (a secure round's client starts afresh: it held its round's secrets).
                     self.dropouts += 1;
-                    let gone = TrainError::Device("the client went away mid-round".into());
-                    self.clients[i].reply = Some(Reply::Trained(Err(gone)));
-                    self.at(now + back, Event::Deliver(i));
+                    let reply = if secure {
+                        Reply::Start
+                    } else {
+                        Reply::Trained(Err(TrainError::Device("the client went away mid-round".into())))
+                    };
+                    self.clients[i].reply = Some(reply);
+                    self.at(now + gone.back_after, Event::Deliver(i));
                 } else {
                     let examples = self.world.clients[i].len();
                     let done = now + b.train_time(&self.clients[i].profile, examples, job.plan.epochs).max(1);
@@ -349,6 +383,25 @@ impl Driver<'_> {
                 let arrive = now + b.one_way() + b.transfer(request.body.len());
                 self.clients[i].upload = Some(request);
                 self.at(arrive, Event::Upload(i));
+            }
+            Action::SecAgg { round, request, .. } => {
+                let stage = request.message.as_ref().map(ToServer::stage);
+                let dropout = b.dropout(i, round, self.world.policy.deadline_ms);
+                if let Some(gone) = dropout.filter(|d| Some(d.stage) == stage) {
+                    // Gone before this stage's message: the round goes on without it.
+                    self.dropouts += 1;
+                    self.clients[i].reply = Some(Reply::Start);
+                    self.at(now + gone.back_after, Event::Deliver(i));
+                    return;
+                }
+                let wait = request.wait_ms.unwrap_or(0).min(MAX_CHECK_IN_WAIT_MS);
+                let arrive = now + b.one_way() + b.transfer(json_len(&request));
+                let client = &mut self.clients[i];
+                client.generation += 1;
+                client.held_until = arrive + wait * 1000;
+                client.secagg = Some((round, request));
+                let generation = client.generation;
+                self.at(arrive, Event::SecAgg(i, generation));
             }
             Action::Wait { ms } => {
                 self.clients[i].reply = Some(Reply::Waited);
@@ -425,9 +478,69 @@ impl Driver<'_> {
         let mut held: Vec<usize> = (0..self.clients.len()).filter(|&i| self.clients[i].held).collect();
         held.shuffle(&mut rng::stream(self.world.seed, Stream::Selection, &[self.wakes]));
         for i in held {
-            let generation = self.clients[i].generation;
-            self.at(self.now, Event::CheckIn(i, generation));
+            let client = &self.clients[i];
+            let event = match client.secagg {
+                Some(_) => Event::SecAgg(i, client.generation),
+                None => Event::CheckIn(i, client.generation),
+            };
+            self.at(self.now, event);
         }
+    }
+
+    /// A secure-aggregation request at the coordinator: answered now, or held (as a poll) until
+    /// the coordinator's state changes.
+    fn secagg(&mut self, i: usize, generation: u64, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<()> {
+        let now_ms = self.now_ms();
+        let client = &mut self.clients[i];
+        if client.generation != generation || client.finished {
+            return Ok(());
+        }
+        let Some((round, request)) = client.secagg.as_mut() else { return Ok(()) };
+        let (round, message) = (*round, request.message.take());
+        let masked = match &message {
+            Some(ToServer::MaskedInput(_)) => Some(json_len(request) + json_len(&message)),
+            _ => None,
+        };
+        let id = client.id.clone();
+        let answer = match self.coordinator.secagg(&id, round, message, now_ms) {
+            Ok((answer, settled)) => {
+                // A masked input that came too late is answered "dropped": it is not in the sum.
+                let late = matches!(answer, SecAggAnswer::Done { reason: SecAggDone::Dropped | SecAggDone::Abandoned });
+                if let Some(bytes) = masked.filter(|_| !late) {
+                    let stats = self.clients[i].trained.clone().unwrap_or_default();
+                    let r = self.reports.entry(round).or_default();
+                    r.examples += stats.examples;
+                    r.loss += stats.loss * stats.examples as f64;
+                    r.accuracy += stats.accuracy * stats.examples as f64;
+                    r.bytes_up += bytes;
+                    self.participations[i] += 1;
+                }
+                if let Some(settled) = settled {
+                    self.settle(settled, on_round)?;
+                }
+                let client = &mut self.clients[i];
+                if answer.is_wait() && self.now < client.held_until {
+                    // Held as a poll: what it carried has been taken.
+                    if !client.held {
+                        client.held = true;
+                        let until = client.held_until;
+                        self.at(until, Event::SecAgg(i, generation));
+                    }
+                    return Ok(());
+                }
+                Ok(answer)
+            }
+            Err(e) => Err(refusal(ServiceError::from(e))),
+        };
+        let client = &mut self.clients[i];
+        client.held = false;
+        client.secagg = None;
+        client.generation += 1;
+        let bytes = answer.as_ref().map_or(0, json_len);
+        client.reply = Some(Reply::SecAgg(answer));
+        let back = self.now + self.world.behaviour.one_way() + self.world.behaviour.transfer(bytes);
+        self.at(back, Event::Deliver(i));
+        Ok(())
     }
 
     fn upload(&mut self, i: usize, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<()> {
@@ -493,7 +606,7 @@ impl Driver<'_> {
     /// check-ins.
     fn settle(&mut self, settled: Settled, on_round: &mut dyn FnMut(&HistoryRow)) -> Result<()> {
         let now_ms = self.now_ms();
-        let (round, outcome, selected, clients, opened_at_ms, update_norm, clipped) = match settled {
+        let (round, outcome, selected, clients, opened_at_ms, update_norm, clipped, secagg) = match settled {
             Settled::Closed(pending) => {
                 let eval = evaluate(&self.world.terms.model, &pending.params, &self.world.test)?;
                 self.models.insert(pending.version, pending.params.to_safetensors()?);
@@ -507,6 +620,7 @@ impl Driver<'_> {
                     pending.opened_at_ms,
                     pending.summary.delta_norm,
                     pending.summary.clipped,
+                    pending.secagg,
                 );
                 self.coordinator.commit(*pending).context("committing a simulated round")?;
                 let version = self.coordinator.version();
@@ -514,8 +628,8 @@ impl Driver<'_> {
                 self.last_eval = eval;
                 facts
             }
-            Settled::Abandoned { round, reports, selected, opened_at_ms, .. } => {
-                (round, RoundOutcome::Abandoned, selected, reports, opened_at_ms, 0.0, 0)
+            Settled::Abandoned { round, reports, selected, opened_at_ms, secagg, .. } => {
+                (round, RoundOutcome::Abandoned, selected, reports, opened_at_ms, 0.0, 0, secagg)
             }
         };
         let reports = self.reports.remove(&round).unwrap_or_default();
@@ -545,6 +659,7 @@ impl Driver<'_> {
             seconds: self.wall.elapsed().as_secs_f64(),
             sim_time_s: self.now as f64 / 1e6,
             round_s: now_ms.saturating_sub(opened_at_ms) as f64 / 1000.0,
+            secagg,
         };
         self.wall = Instant::now();
         on_round(&record);
@@ -552,6 +667,11 @@ impl Driver<'_> {
         self.wake();
         Ok(())
     }
+}
+
+/// The bytes of a JSON body (what a secure-aggregation exchange sends).
+fn json_len<T: serde::Serialize>(body: &T) -> usize {
+    serde_json::to_vec(body).map_or(0, |b| b.len())
 }
 
 /// A refusal exactly as `webfl serve` answers it: the service's status and `ErrorBody`.
@@ -615,6 +735,7 @@ mod tests {
                 model,
                 upload_limit_bytes: 1 << 24,
                 update: UpdateSpec::default(),
+                secure_aggregation: None,
             },
             policy: RoundPolicy {
                 target_reports: 10,
@@ -624,6 +745,7 @@ mod tests {
                 retry_after_ms: 1_000,
                 max_examples: 10_000,
             },
+            secure: None,
             strategy: StrategyConfig::default(),
             initial,
             privacy: None,
@@ -696,6 +818,46 @@ mod tests {
         assert_eq!(a.global, b.global);
         let c = drive(&tiny_world(6, stragglers()), &mut |_| {}).unwrap();
         assert_ne!(c.global, b.global);
+    }
+
+    /// `--secagg`: each round's selection becomes a cohort whose masked updates only the sum of
+    /// reaches the coordinator; clients vanishing at every stage leave rounds that still close
+    /// (the server rebuilding masks), the run is as reproducible as a plain one, and it learns
+    /// about as well.
+    #[test]
+    fn secure_rounds_sum_their_cohorts_through_dropouts_and_learn_like_plain_ones() {
+        let secure = |seed, dropout| {
+            let mut world = tiny_world(seed, SimulationConfig { dropout, ..SimulationConfig::default() });
+            let policy = SecAggPolicy { cohort_secs: 1.0, keys_secs: 2.0, unmask_secs: 2.0, ..SecAggPolicy::default() };
+            world.terms.secure_aggregation = Some(policy.terms(&world.policy, world.strategy.kind));
+            World { secure: Some(policy), rounds: 6, ..world }
+        };
+        let run = drive(&secure(4, 0.2), &mut |_| {}).unwrap();
+        assert_eq!(run.history.len(), 6);
+        assert!(run.summary.dropouts > 0);
+        let mut lost = 0;
+        for r in &run.history {
+            let s = r.secagg.unwrap_or_else(|| panic!("no stages in {r:?}"));
+            assert_eq!(s.cohort, 13, "{r:?}");
+            assert!(s.cohort >= s.advertised && s.advertised >= s.shared && s.shared >= s.masked, "{r:?}");
+            lost += s.cohort - s.unmasked;
+            if r.outcome != RoundOutcome::Abandoned {
+                assert_eq!((r.clients, r.examples), (s.masked as usize, 20 * s.masked as usize), "{r:?}");
+            }
+        }
+        assert!(lost > 0, "nobody dropped at any stage");
+        let again = drive(&secure(4, 0.2), &mut |_| {}).unwrap();
+        assert_eq!(again.global, run.global);
+
+        let whole = drive(&secure(5, 0.0), &mut |_| {}).unwrap();
+        let plain = drive(&World { rounds: 6, ..tiny_world(5, SimulationConfig::default()) }, &mut |_| {}).unwrap();
+        assert!(
+            whole.history.iter().all(|r| r.outcome == RoundOutcome::Closed && r.clients == 10),
+            "{:?}",
+            whole.history
+        );
+        let (s, p) = (whole.history.last().unwrap(), plain.history.last().unwrap());
+        assert!(s.test_loss < whole.history[0].test_loss && s.test_loss < p.test_loss * 1.5, "{s:?} vs {p:?}");
     }
 
     /// `--backend gpu`: the same sessions and coordinator, the clients training on the wgpu engine

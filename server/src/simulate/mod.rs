@@ -55,15 +55,18 @@ pub fn world(cfg: &TaskConfig, prepared: &Prepared) -> Result<World> {
     if sim.show_partition {
         println!("{}", histogram_table(&train.labels, train.classes, &parts));
     }
+    let policy = cfg.policy(train.len() as u64)?;
     let terms = AssignmentTerms {
         plan: cfg.plan.clone(),
         model: spec,
         upload_limit_bytes: crate::config::upload_limit_bytes(cfg.upload_limit_bytes, initial.len()),
         update,
+        secure_aggregation: cfg.secure_aggregation.as_ref().map(|s| s.terms(&policy, cfg.strategy.kind)),
     };
     Ok(World {
         terms,
-        policy: cfg.policy(train.len() as u64)?,
+        policy,
+        secure: cfg.secure_aggregation.clone(),
         strategy,
         initial,
         privacy,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use webfl_shared::protocol::RoundOutcome;
+use webfl_shared::protocol::{RoundOutcome, SecAggRecord};
 
 use crate::plot;
 
@@ -39,18 +39,25 @@ pub struct HistoryRow {
     pub sim_time_s: f64,
     /// Virtual duration of the round, from opening to settling.
     pub round_s: f64,
+    /// In a secure round: who took part in each stage (survivors; dropouts are the differences).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secagg: Option<SecAggRecord>,
 }
 
 const CSV_HEADER: &str = "round,outcome,selected,clients,examples,train_loss,train_accuracy,test_loss,test_accuracy,\
-                          update_norm,clipped,bytes_up,epsilon,seconds,sim_time_s,round_s\n";
+                          update_norm,clipped,bytes_up,epsilon,seconds,sim_time_s,round_s,\
+                          secagg_cohort,secagg_advertised,secagg_shared,secagg_masked,secagg_unmasked\n";
 
 pub fn write_history(dir: &Path, history: &[HistoryRow]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("history.json"), serde_json::to_string_pretty(history)?)?;
     let mut csv = String::from(CSV_HEADER);
     for r in history {
+        let secagg = r.secagg.map_or(",,,,".to_string(), |s| {
+            format!("{},{},{},{},{}", s.cohort, s.advertised, s.shared, s.masked, s.unmasked)
+        });
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{secagg}\n",
             r.round,
             r.outcome.as_str(),
             r.selected,
@@ -82,10 +89,14 @@ pub fn table_row(r: &HistoryRow) -> String {
         RoundOutcome::Abandoned => "abandoned",
         RoundOutcome::StoreFailed => "store_failed",
     };
-    format!(
+    let row = format!(
         "{:>5} {:<11} {:>7} {:>10.4} {:>9.4} {:>9.4} {:>8.1} {:>9.2}",
         r.round, outcome, r.clients, r.train_loss, r.test_loss, r.test_accuracy, r.round_s, r.seconds
-    )
+    );
+    match &r.secagg {
+        Some(s) => format!("{row}  {}", s.describe()),
+        None => row,
+    }
 }
 
 /// How a run went, in a few numbers.

@@ -12,25 +12,39 @@
 //! `retry_after` (and a long-polling driver holds it until the coordinator's state changes), never
 //! until the old round's deadline: the next round opens the moment a client checks in after the
 //! previous one settled.
+//!
+//! A secure-aggregation round ([`SyncCoordinator::with_secure_aggregation`], `secure.rs`) selects
+//! the same way, then fixes its selection as a SecAgg+ cohort whose members' updates arrive
+//! masked; it closes when the sum of the first `target` of them (or of all that made the
+//! deadline) is unmasked.
+
+mod secure;
+#[cfg(test)]
+mod secure_tests;
 
 use std::collections::HashMap;
 
 use crate::params::Params;
 use crate::privacy::PrivacyBudget;
-use crate::protocol::WaitReason;
+use crate::protocol::{SecAggAnswer, WaitReason};
+use crate::secagg::ToServer;
 use crate::strategy::{OptimizerState, Strategy, StrategyError, layout_difference};
 
 use super::{
     AbandonReason, CheckIn, ClientId, Coordinator, PendingCommit, Resumed, RoundError, RoundPolicy, Settled, Upload,
 };
+use secure::{SecureRound, SecureSetup};
 
 #[derive(Debug)]
 struct OpenRound {
     id: u64,
     opened_at_ms: u64,
-    /// Selected clients and whether each has reported.
+    /// Selected clients and whether each is done with the round (reported, or in a secure
+    /// round: its part is over).
     selected: HashMap<ClientId, bool>,
     reports: usize,
+    /// The cohort and its SecAgg+ server, in a secure-aggregation round.
+    secure: Option<SecureRound>,
 }
 
 #[derive(Debug)]
@@ -57,6 +71,10 @@ pub struct SyncCoordinator {
     phase: Phase,
     /// max |w| of `global`, kept with it: the headroom an update's values must fit in.
     global_max_abs: f32,
+    /// Secure aggregation of every round, when the task asks for it.
+    secure: Option<SecureSetup>,
+    /// See [`Coordinator::revision`].
+    revision: u64,
 }
 
 impl SyncCoordinator {
@@ -80,6 +98,8 @@ impl SyncCoordinator {
             rounds_completed: at.rounds_completed,
             privacy,
             phase: Phase::Idle,
+            secure: None,
+            revision: 0,
         })
     }
 
@@ -91,6 +111,8 @@ impl SyncCoordinator {
         let Phase::Open(open) = std::mem::replace(&mut self.phase, Phase::Idle) else {
             return Err(RoundError::NoOpenRound);
         };
+        self.revision += 1;
+        let secagg = open.secure.as_ref().map(SecureRound::record);
         let mut params = self.global.clone();
         // Empty for FedAvg; for adaptive optimizers two model-sized buffers, once per round.
         let optimizer_before = self.strategy.optimizer_state();
@@ -108,6 +130,7 @@ impl SyncCoordinator {
                     selected: open.selected.len(),
                     opened_at_ms: open.opened_at_ms,
                     why: AbandonReason::AggregationFailed(e.to_string()),
+                    secagg,
                 });
             }
         };
@@ -122,7 +145,25 @@ impl SyncCoordinator {
             reports: open.reports,
             selected: open.selected.len(),
             closed_by_deadline,
+            secagg,
         })))
+    }
+
+    /// Settles the open round without a version: its partial aggregate is discarded.
+    fn abandon(&mut self, why: AbandonReason) -> Result<Settled, RoundError> {
+        let Phase::Open(open) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            return Err(RoundError::NoOpenRound);
+        };
+        self.strategy.discard_round();
+        self.revision += 1;
+        Ok(Settled::Abandoned {
+            round: open.id,
+            reports: open.reports,
+            selected: open.selected.len(),
+            opened_at_ms: open.opened_at_ms,
+            secagg: open.secure.as_ref().map(SecureRound::record),
+            why,
+        })
     }
 
     fn deadline_of(&self, open: &OpenRound) -> u64 {
@@ -146,8 +187,10 @@ impl Coordinator for SyncCoordinator {
                 opened_at_ms: now_ms,
                 selected: HashMap::new(),
                 reports: 0,
+                secure: self.secure.as_ref().map(|_| SecureRound::default()),
             });
             self.next_round += 1;
+            self.revision += 1;
         }
         let open = match &self.phase {
             Phase::Open(open) => open,
@@ -159,14 +202,28 @@ impl Coordinator for SyncCoordinator {
             return CheckIn::Wait { ms: retry_after, reason: WaitReason::Closing };
         }
         let assigned = CheckIn::Assigned { round: open.id, model_version: self.version, deadline_at_ms };
+        let selecting = open.secure.as_ref().is_none_or(SecureRound::selecting);
         match open.selected.get(client) {
             Some(false) => assigned,
             // Reported already: the next round will take it, and it opens as soon as this one
             // settles, so the wait is short (a long poll ends it the moment that happens).
-            Some(true) => CheckIn::Wait { ms: retry_after, reason: WaitReason::Reported },
-            None if open.selected.len() < self.policy.selection_size() => {
+            Some(true) => {
+                let dropped = open.secure.as_ref().is_some_and(|s| s.dropped(client));
+                let reason = if dropped { WaitReason::RoundFull } else { WaitReason::Reported };
+                CheckIn::Wait { ms: retry_after, reason }
+            }
+            None if selecting && open.selected.len() < self.policy.selection_size() => {
+                let mut full = false;
                 if let Phase::Open(open) = &mut self.phase {
                     open.selected.insert(client.to_string(), false);
+                    if let Some(secure) = &mut open.secure {
+                        secure.select(client);
+                        full = open.selected.len() >= self.policy.selection_size();
+                    }
+                }
+                // A cohort that cannot be formed stays open; its selection window abandons it.
+                if full {
+                    let _ = self.fix_cohort(now_ms);
                 }
                 assigned
             }
@@ -179,6 +236,9 @@ impl Coordinator for SyncCoordinator {
         let round = upload.round;
         if open.id != round {
             return Err(RoundError::WrongRound { open: open.id, got: round });
+        }
+        if open.secure.is_some() {
+            return Err(RoundError::SecureRound(round));
         }
         match open.selected.get(client) {
             None => return Err(RoundError::NotSelected(round)),
@@ -221,24 +281,28 @@ impl Coordinator for SyncCoordinator {
         Ok(None)
     }
 
+    fn secagg(
+        &mut self,
+        client: &str,
+        round: u64,
+        message: Option<ToServer>,
+        now_ms: u64,
+    ) -> Result<(SecAggAnswer, Option<Settled>), RoundError> {
+        self.secure_step(client, round, message, now_ms)
+    }
+
     fn tick(&mut self, now_ms: u64) -> Result<Option<Settled>, RoundError> {
         let Phase::Open(open) = &self.phase else { return Ok(None) };
+        if open.secure.is_some() {
+            return self.tick_secure(now_ms);
+        }
         if now_ms < self.deadline_of(open) {
             return Ok(None);
         }
         if open.reports >= self.policy.min_reports {
             return self.close(true).map(Some);
         }
-        let settled = Settled::Abandoned {
-            round: open.id,
-            reports: open.reports,
-            selected: open.selected.len(),
-            opened_at_ms: open.opened_at_ms,
-            why: AbandonReason::TooFewReports,
-        };
-        self.strategy.discard_round();
-        self.phase = Phase::Idle;
-        Ok(Some(settled))
+        self.abandon(AbandonReason::TooFewReports).map(Some)
     }
 
     fn commit(&mut self, pending: PendingCommit) -> Result<(), RoundError> {
@@ -249,6 +313,7 @@ impl Coordinator for SyncCoordinator {
                 self.version = pending.version;
                 self.rounds_completed += 1;
                 self.phase = Phase::Idle;
+                self.revision += 1;
                 Ok(())
             }
             _ => Err(RoundError::NothingToCommit),
@@ -258,6 +323,7 @@ impl Coordinator for SyncCoordinator {
     fn abort_commit(&mut self) -> Result<(), RoundError> {
         match std::mem::replace(&mut self.phase, Phase::Idle) {
             Phase::Committing { optimizer_before, .. } => {
+                self.revision += 1;
                 self.strategy.restore_optimizer_state(optimizer_before)?;
                 Ok(())
             }
@@ -289,9 +355,14 @@ impl Coordinator for SyncCoordinator {
 
     fn next_deadline_ms(&self) -> Option<u64> {
         match &self.phase {
+            Phase::Open(r) if r.secure.is_some() => self.secure_deadline_ms(r),
             Phase::Open(r) => Some(self.deadline_of(r)),
             _ => None,
         }
+    }
+
+    fn revision(&self) -> u64 {
+        self.revision
     }
 
     fn rounds_completed(&self) -> u64 {

@@ -53,6 +53,7 @@ pub fn golden_upload_digest() -> u64 {
             noise_std: 0.01,
             compression: Compression::TopK { fraction: 0.1 },
         },
+        secure_aggregation: None,
     };
     let mut session = Session::new(40, vec!["cpu".into()], Randomness::Seeded { seed: 7, client: 3 });
     let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
@@ -94,7 +95,7 @@ pub fn golden_upload_digest() -> u64 {
                     feed(&upload.body);
                     Reply::Uploaded(Ok(UploadResponse { accepted: true, round_closed: false }))
                 }
-                Action::Wait { .. } | Action::Finish { .. } => return 0,
+                Action::SecAgg { .. } | Action::Wait { .. } | Action::Finish { .. } => return 0,
             };
             if matches!(reply, Reply::Uploaded(_)) {
                 break;

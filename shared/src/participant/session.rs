@@ -11,11 +11,15 @@ use crate::codec::ErrorFeedback;
 use crate::params::Params;
 use crate::pipeline;
 use crate::protocol::{
-    AssignmentTerms, Capabilities, CheckInRequest, CheckInResponse, ErrorBody, MAX_CHECK_IN_WAIT_MS,
-    UPDATE_CONTENT_TYPE, UploadResponse,
+    AssignmentTerms, Capabilities, CheckInRequest, CheckInResponse, ErrorBody, MAX_CHECK_IN_WAIT_MS, SecAggAnswer,
+    SecAggRequest, UPDATE_CONTENT_TYPE, UploadResponse,
 };
 use crate::rng::{self, Rng, Stream};
 use crate::train::{TrainError, TrainPlan, TrainStats};
+
+mod secure;
+
+use secure::{Exchange, SecureTraining};
 
 /// Back-off after a failed exchange: doubles from the first to the last value.
 const BACKOFF_MS: (u64, u64) = (1_000, 30_000);
@@ -46,19 +50,34 @@ impl Randomness {
         Randomness::Secure(Box::new(ChaCha20Rng::from_seed(seed)))
     }
 
-    /// The three generators of a round: training (shuffling, dropout), privacy noise, codec.
-    fn for_round(&mut self, round: u64) -> (Rng, ChaCha20Rng, Rng) {
+    /// The generators of a round: training (shuffling, dropout), and the rest in [`Streams`].
+    fn for_round(&mut self, round: u64) -> (Rng, Streams) {
         match self {
-            Randomness::Seeded { seed, client } => (
-                rng::stream(*seed, Stream::Training, &[round, *client]),
-                ChaCha20Rng::from_rng(&mut rng::stream(*seed, Stream::Noise, &[round, *client])),
-                rng::stream(*seed, Stream::Codec, &[round, *client]),
-            ),
+            Randomness::Seeded { seed, client } => {
+                let crypto = |role| ChaCha20Rng::from_rng(&mut rng::stream(*seed, role, &[round, *client]));
+                let streams = Streams {
+                    noise: crypto(Stream::Noise),
+                    codec: rng::stream(*seed, Stream::Codec, &[round, *client]),
+                    secagg: crypto(Stream::SecureAggregation),
+                };
+                (rng::stream(*seed, Stream::Training, &[round, *client]), streams)
+            }
             Randomness::Secure(csprng) => {
-                (Rng::from_rng(&mut **csprng), ChaCha20Rng::from_rng(&mut **csprng), Rng::from_rng(&mut **csprng))
+                let training = Rng::from_rng(&mut **csprng);
+                let noise = ChaCha20Rng::from_rng(&mut **csprng);
+                let codec = Rng::from_rng(&mut **csprng);
+                (training, Streams { noise, codec, secagg: ChaCha20Rng::from_rng(&mut **csprng) })
             }
         }
     }
+}
+
+/// A round's generators besides training's: privacy noise, the codec's, and secure
+/// aggregation's (keys, seeds, shares, stochastic rounding); the first and last are CSPRNGs.
+struct Streams {
+    noise: ChaCha20Rng,
+    codec: Rng,
+    secagg: ChaCha20Rng,
 }
 
 /// What the session asks its driver to do next.
@@ -71,6 +90,9 @@ pub enum Action {
     Train(Box<TrainJob>),
     /// `POST /api/v1/rounds/{round}/update`.
     Upload(UploadRequest),
+    /// `POST /api/v1/rounds/{round}/secagg` with this body and `Authorization: Bearer <token>`:
+    /// one step of a secure-aggregation round; reply [`Reply::SecAgg`].
+    SecAgg { round: u64, token: String, request: SecAggRequest },
     /// Sleep, then reply [`Reply::Waited`].
     Wait { ms: u64 },
     /// The task takes no more rounds: stop.
@@ -156,6 +178,7 @@ pub enum Reply {
     Model(Result<Vec<u8>, Failure>),
     Trained(Result<(Params, TrainStats), TrainError>),
     Uploaded(Result<UploadResponse, Failure>),
+    SecAgg(Result<SecAggAnswer, Failure>),
     Waited,
 }
 
@@ -168,6 +191,8 @@ pub enum Phase {
     Downloading,
     Training,
     Uploading,
+    /// Exchanging keys, shares and the masked update with the server in a secure round.
+    SecureAggregation,
     Stopped,
 }
 
@@ -242,10 +267,21 @@ struct Assignment {
 
 enum State {
     Idle,
-    CheckingIn { sent_at_ms: f64, wait_ms: u64 },
-    Downloading { job: Assignment, started_ms: f64 },
+    CheckingIn {
+        sent_at_ms: f64,
+        wait_ms: u64,
+    },
+    Downloading {
+        job: Assignment,
+        started_ms: f64,
+    },
     Training(Box<Training>),
-    Uploading { job: Assignment, sent: Box<Sent> },
+    Uploading {
+        job: Assignment,
+        sent: Box<Sent>,
+    },
+    /// In a secure round's exchange (not training).
+    Exchanging(Box<Exchange>),
     Waiting,
     Finished,
 }
@@ -254,9 +290,10 @@ enum State {
 struct Training {
     job: Assignment,
     global: Arc<Params>,
-    noise: ChaCha20Rng,
-    codec: Rng,
+    streams: Streams,
     started_ms: f64,
+    /// In a secure round: what masking the update needs.
+    secure: Option<Box<SecureTraining>>,
 }
 
 /// An upload in flight and what to restore if it is refused.
@@ -342,11 +379,13 @@ impl Session {
     pub fn handle(&mut self, reply: Reply, now_ms: f64) -> Result<Step, SessionError> {
         let mut notices = Vec::new();
         let action = match reply {
+            Reply::Waited if matches!(self.state, State::Exchanging(_)) => self.resend(now_ms)?,
             Reply::Start | Reply::Waited => self.check_in(now_ms, &mut notices),
             Reply::CheckIn(answer) => self.on_check_in(answer, now_ms, &mut notices)?,
             Reply::Model(answer) => self.on_model(answer, now_ms, &mut notices)?,
             Reply::Trained(result) => self.on_trained(result, now_ms, &mut notices)?,
             Reply::Uploaded(answer) => self.on_uploaded(answer, now_ms, &mut notices)?,
+            Reply::SecAgg(answer) => self.on_secagg(answer, now_ms, &mut notices)?,
         };
         Ok(Step { action, notices })
     }
@@ -422,7 +461,7 @@ impl Session {
                 match &self.model {
                     Some((v, global)) if *v == model_version => {
                         let global = global.clone();
-                        Ok(self.train(job, global, now_ms, notices))
+                        self.start_round(job, global, now_ms, notices)
                     }
                     _ => {
                         notices.push(phase(Phase::Downloading, Some(round), format!("model version {model_version}")));
@@ -460,11 +499,28 @@ impl Session {
         job.download_ms = now_ms - started_ms;
         let global = Arc::new(global);
         self.model = Some((job.model_version, global.clone()));
-        Ok(self.train(job, global, now_ms, notices))
+        self.start_round(job, global, now_ms, notices)
     }
 
-    fn train(&mut self, job: Assignment, global: Arc<Params>, now_ms: f64, notices: &mut Vec<Notice>) -> Action {
-        let (train_rng, noise, codec) = self.randomness.for_round(job.round);
+    /// With the model in hand: train, or in a secure round first join the cohort.
+    fn start_round(
+        &mut self,
+        job: Assignment,
+        global: Arc<Params>,
+        now_ms: f64,
+        notices: &mut Vec<Notice>,
+    ) -> Result<Action, SessionError> {
+        let (training, streams) = self.randomness.for_round(job.round);
+        if job.terms.secure_aggregation.is_some() {
+            return self.join_cohort(job, global, training, streams, now_ms, notices);
+        }
+        let round = Training { job, global, streams, started_ms: now_ms, secure: None };
+        Ok(self.train(round, training, notices))
+    }
+
+    /// Hands `training`'s job to the driver's engine, shuffling with `train_rng`.
+    fn train(&mut self, training: Training, train_rng: Rng, notices: &mut Vec<Notice>) -> Action {
+        let job = &training.job;
         notices.push(phase(
             Phase::Training,
             Some(job.round),
@@ -473,11 +529,11 @@ impl Session {
         let train = TrainJob {
             round: job.round,
             model: job.terms.model.clone(),
-            global: global.clone(),
+            global: training.global.clone(),
             plan: job.terms.plan.clone(),
             rng: train_rng,
         };
-        self.state = State::Training(Box::new(Training { job, global, noise, codec, started_ms: now_ms }));
+        self.state = State::Training(Box::new(training));
         Action::Train(Box::new(train))
     }
 
@@ -490,7 +546,7 @@ impl Session {
         let State::Training(training) = std::mem::replace(&mut self.state, State::Idle) else {
             return Err(SessionError::OutOfOrder("not training"));
         };
-        let Training { job, global, mut noise, mut codec, started_ms } = *training;
+        let Training { job, global, mut streams, started_ms, secure } = *training;
         let (local, stats) = match result {
             Ok(trained) => trained,
             // Divergence or a device failure: this round is lost, the next may go better.
@@ -507,9 +563,15 @@ impl Session {
         if let Some(attack) = self.attack {
             attack.corrupt(&mut delta);
         }
+        let train_ms = now_ms - started_ms;
+        if let Some(secure) = secure {
+            let trained = secure::Trained { job, global, streams, delta, stats, train_ms };
+            return self.mask(trained, *secure, now_ms, notices);
+        }
+        let (noise, codec) = (&mut streams.noise, &mut streams.codec);
         let spec = &job.terms.update;
         let residual_before = self.fit_residual(spec.compression.uses_error_feedback(), delta.len());
-        let prepared = match pipeline::prepare(&mut delta, spec, self.residual.as_mut(), &mut noise, &mut codec) {
+        let prepared = match pipeline::prepare(&mut delta, spec, self.residual.as_mut(), noise, codec) {
             Ok(p) => p,
             Err(e) => {
                 self.residual = residual_before;
@@ -532,7 +594,7 @@ impl Session {
             noise_std: spec.noise_std,
             compression: spec.compression.to_string(),
             download_ms: job.download_ms,
-            train_ms: now_ms - started_ms,
+            train_ms,
             upload_ms: 0.0,
             round_closed: false,
         };

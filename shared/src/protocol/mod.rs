@@ -6,5 +6,5 @@
 pub mod operator;
 pub mod v1;
 
-pub use operator::{ClientRecord, ClientsPage, PrivacyStatus, RoundOutcome, RoundRecord, Status};
+pub use operator::{ClientRecord, ClientsPage, PrivacyStatus, RoundOutcome, RoundRecord, SecAggRecord, Status};
 pub use v1::*;

@@ -134,6 +134,33 @@ pub struct RoundRecord {
     pub update_norm: Option<f64>,
 }
 
+/// Who took part in each stage of a secure-aggregation round: the cohort fixed at its start,
+/// then the clients whose message of each stage the server took. A stage's dropouts are the
+/// previous count minus its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecAggRecord {
+    pub cohort: u32,
+    /// Advertised their keys.
+    pub advertised: u32,
+    /// Shared their secrets with their neighbours.
+    pub shared: u32,
+    /// Uploaded a masked input: the clients whose updates are in the sum, when there is one.
+    pub masked: u32,
+    /// Answered the unmask request.
+    pub unmasked: u32,
+}
+
+impl SecAggRecord {
+    /// "cohort 13 → keys 13 → shares 12 → masked 11 → unmasked 11", for logs and tables.
+    pub fn describe(&self) -> String {
+        format!(
+            "cohort {} → keys {} → shares {} → masked {} → unmasked {}",
+            self.cohort, self.advertised, self.shared, self.masked, self.unmasked
+        )
+    }
+}
+
 /// `GET /api/clients`: one page of clients, most recently seen first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

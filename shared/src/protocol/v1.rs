@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ModelSpec;
 use crate::pipeline::UpdateSpec;
+use crate::secagg::{SecAggConfig, ToClient, ToServer};
 use crate::train::TrainPlan;
 
 /// Protocol version (the `/api/v{N}` prefix). Bumped by changes that break existing clients.
@@ -44,6 +45,92 @@ pub struct AssignmentTerms {
     /// ([`crate::pipeline::prepare`]); the upload body is its encoding.
     #[serde(default)]
     pub update: UpdateSpec,
+    /// Present when the round sums updates by secure aggregation: the client then sends no
+    /// upload but takes part in the exchange of [`SecAggRequest`]s instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecAggTerms>,
+}
+
+/// What a secure-aggregation round asks of every client beyond the SecAgg+ configuration (which
+/// comes with [`SecAggAnswer::Setup`] once the cohort is fixed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecAggTerms {
+    /// The client's masked input is `[w·Δ, w]` with weight `w = min(examples, max_examples) /
+    /// max_examples`, so the sum's mean is the FedAvg mean `Σ w·Δ / Σ w`. 1 weighs every client
+    /// alike (an unweighted mean).
+    pub max_examples: u64,
+}
+
+impl SecAggTerms {
+    /// The FedAvg weight of a client that trained on `examples`, in (0, 1].
+    pub fn weight(&self, examples: u64) -> f32 {
+        let max = self.max_examples.max(1);
+        (examples.clamp(1, max) as f64 / max as f64) as f32
+    }
+}
+
+/// `POST /api/v1/rounds/{round}/secagg` (with `Authorization: Bearer <token>`): one step of a
+/// secure-aggregation round. `message` is what the last answer asked for; without one the
+/// request only asks what comes next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecAggRequest {
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<ToServer>,
+    /// How long the client is willing to be held when the answer would be `wait` (long poll,
+    /// capped at 20 s as check-ins are). Absent or 0: answer at once.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_number")]
+    pub wait_ms: Option<u64>,
+}
+
+/// The answer to a [`SecAggRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SecAggAnswer {
+    /// Nothing for this client yet (the cohort is not fixed, or its stage has not moved on):
+    /// ask again after `retry_after_ms`.
+    Wait { retry_after_ms: u64 },
+    /// The cohort is fixed and this client is its member `index`: make the SecAgg+ client for
+    /// `config` and send its advertised keys.
+    Setup { config: SecAggConfig, index: u32 },
+    /// The server's message of the current stage, to be answered with the client's.
+    Message(ToClient),
+    /// This client's part in the round is over.
+    Done { reason: SecAggDone },
+}
+
+impl SecAggAnswer {
+    /// Whether the client should be held (long poll) rather than answered now.
+    pub fn is_wait(&self) -> bool {
+        matches!(self, SecAggAnswer::Wait { .. })
+    }
+}
+
+/// Why a client's part in a secure-aggregation round is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SecAggDone {
+    /// It answered the unmask request: its update is in the sum.
+    Contributed,
+    /// A stage ended without its message; the round goes on without it.
+    Dropped,
+    /// The round was abandoned: no sum, no new version.
+    Abandoned,
+}
+
+impl SecAggDone {
+    /// In words, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SecAggDone::Contributed => "the update is in the secure sum",
+            SecAggDone::Dropped => "the round went on without this client",
+            SecAggDone::Abandoned => "the secure round was abandoned",
+        }
+    }
 }
 
 /// `POST /api/v1/checkin`. A first check-in sends no `client_id`; later ones send it together
@@ -236,6 +323,43 @@ mod tests {
         let back: CheckInResponse = serde_json::from_value(json).unwrap();
         assert_eq!(back, retry);
         assert_eq!(back.identity(), ("c", "t"));
+    }
+
+    #[test]
+    fn secure_aggregation_answers_are_tagged_by_status_and_old_assignments_still_parse() {
+        use crate::secagg::UnmaskRequest;
+        let unmask = SecAggAnswer::Message(ToClient::Unmask(UnmaskRequest {
+            round: 2,
+            survivors: vec![0, 1],
+            dropped: vec![2],
+        }));
+        let json = serde_json::to_value(&unmask).unwrap();
+        let want = serde_json::json!({
+            "status": "message", "stage": "unmask", "round": 2, "survivors": [0, 1], "dropped": [2]
+        });
+        assert_eq!(json, want);
+        assert_eq!(serde_json::from_value::<SecAggAnswer>(json).unwrap(), unmask);
+        let done = SecAggAnswer::Done { reason: SecAggDone::Dropped };
+        assert_eq!(serde_json::to_value(&done).unwrap(), serde_json::json!({"status": "done", "reason": "dropped"}));
+        let wait = serde_json::json!({"status": "wait", "retry_after_ms": 5});
+        assert_eq!(serde_json::from_value::<SecAggAnswer>(wait).unwrap(), SecAggAnswer::Wait { retry_after_ms: 5 });
+        let poll = SecAggRequest { client_id: "c".into(), message: None, wait_ms: None };
+        assert_eq!(serde_json::to_value(&poll).unwrap(), serde_json::json!({"client_id": "c"}));
+        assert!(serde_json::from_str::<SecAggRequest>(r#"{"client_id": "c", "wait_ms": 1.5}"#).is_err());
+
+        // An assignment without secure aggregation says nothing about it, as before.
+        let terms = AssignmentTerms {
+            plan: TrainPlan::default(),
+            model: ModelSpec::builtin("mlp", &[4], 2).unwrap(),
+            upload_limit_bytes: 10,
+            update: UpdateSpec::default(),
+            secure_aggregation: None,
+        };
+        let json = serde_json::to_value(&terms).unwrap();
+        assert!(json.get("secure_aggregation").is_none());
+        assert_eq!(serde_json::from_value::<AssignmentTerms>(json).unwrap(), terms);
+        assert_eq!(SecAggTerms { max_examples: 200 }.weight(50), 0.25);
+        assert_eq!(SecAggTerms { max_examples: 200 }.weight(500), 1.0);
     }
 
     #[test]

@@ -140,6 +140,17 @@ impl ToServer {
     }
 }
 
+impl ToClient {
+    /// The stage this message belongs to.
+    pub fn stage(&self) -> Stage {
+        match self {
+            ToClient::ShareKeys(_) => Stage::ShareKeys,
+            ToClient::MaskedInput(_) => Stage::MaskedInput,
+            ToClient::Unmask(_) => Stage::Unmask,
+        }
+    }
+}
+
 mod base64_bytes {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;

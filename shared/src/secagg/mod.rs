@@ -48,7 +48,7 @@ mod tests;
 
 pub use client::{ClientError, SecAggClient};
 pub use messages::*;
-pub use server::{Abandoned, SecAggServer, SecAggSum, ServerError, StageTimeouts};
+pub use server::{Abandoned, SecAggServer, SecAggSum, ServerError, StageCounts, StageTimeouts};
 pub use simulate::{Observer, PendingUnmask, SimulationError, Unobserved, simulate_round, simulate_to_unmask};
 
 use rand::seq::SliceRandom;

@@ -21,12 +21,21 @@ pub struct StageTimeouts {
     pub share_keys_ms: u64,
     /// Includes local training when the driver starts it on the shares' arrival.
     pub masked_input_ms: u64,
+    /// An absolute end for the masked-input stage, whichever comes first: a round's own
+    /// deadline, when clients train during the stage.
+    pub masked_input_by_ms: Option<u64>,
     pub unmask_ms: u64,
 }
 
 impl Default for StageTimeouts {
     fn default() -> Self {
-        StageTimeouts { advertise_keys_ms: 30_000, share_keys_ms: 30_000, masked_input_ms: 120_000, unmask_ms: 30_000 }
+        StageTimeouts {
+            advertise_keys_ms: 30_000,
+            share_keys_ms: 30_000,
+            masked_input_ms: 120_000,
+            masked_input_by_ms: None,
+            unmask_ms: 30_000,
+        }
     }
 }
 
@@ -70,15 +79,46 @@ pub enum Abandoned {
     Reconstruction { owner: u32, kind: ShareKind, source: ShamirError },
 }
 
-/// What a finished round yields: the sum over the survivors, and nothing per client.
+/// What a finished round yields: the sum over the survivors, and nothing per client. Only the
+/// server's unmasking makes one (its fields are private), so whoever holds a `SecAggSum` holds
+/// a sum of at least t inputs, never one client's:
+///
+/// ```compile_fail
+/// // Outside the SecAgg+ server nobody can pass one client's input off as a sum.
+/// let forged = webfl_shared::secagg::SecAggSum { survivors: vec![0], quantized: vec![7], values: vec![0.5] };
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct SecAggSum {
+    survivors: Vec<u32>,
+    quantized: Vec<u32>,
+    values: Vec<f32>,
+}
+
+impl SecAggSum {
     /// The clients whose inputs are in the sum, ascending.
-    pub survivors: Vec<u32>,
+    pub fn survivors(&self) -> &[u32] {
+        &self.survivors
+    }
+
     /// Σ q(x) mod 2^m (exact: the configuration leaves headroom for n inputs).
-    pub quantized: Vec<u32>,
+    pub fn quantized(&self) -> &[u32] {
+        &self.quantized
+    }
+
     /// The same sum dequantized: Σ x, up to clipping and quantization error.
-    pub values: Vec<f32>,
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+}
+
+/// How many clients took part in each stage so far: each count is of the clients whose message
+/// for that stage the server accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageCounts {
+    pub advertised: u32,
+    pub shared: u32,
+    pub masked: u32,
+    pub unmasked: u32,
 }
 
 struct Advertised {
@@ -143,6 +183,16 @@ impl SecAggServer {
         self.outcome.is_none().then_some(self.deadline_ms)
     }
 
+    /// Who has answered each stage so far (for records; nothing about any input).
+    pub fn counts(&self) -> StageCounts {
+        StageCounts {
+            advertised: self.advertised.len() as u32,
+            shared: self.shared.len() as u32,
+            masked: self.uploaded.len() as u32,
+            unmasked: self.responded.len() as u32,
+        }
+    }
+
     /// The sum, or why there is none; None while the round runs.
     pub fn outcome(&self) -> Option<Result<&SecAggSum, &Abandoned>> {
         self.outcome.as_ref().map(Result::as_ref)
@@ -155,6 +205,15 @@ impl SecAggServer {
     /// Ends the current stage if its deadline has passed. Returns the stage now.
     pub fn tick(&mut self, now_ms: u64) -> Stage {
         if self.outcome.is_none() && now_ms >= self.deadline_ms {
+            self.close_stage(now_ms);
+        }
+        self.stage
+    }
+
+    /// Ends the current stage now, as its deadline would: for a driver that has heard from
+    /// enough clients (a round's target) and will not wait for the rest. Returns the stage now.
+    pub fn end_stage(&mut self, now_ms: u64) -> Stage {
+        if self.outcome.is_none() {
             self.close_stage(now_ms);
         }
         self.stage
@@ -320,8 +379,12 @@ impl SecAggServer {
         if have < need {
             return self.end(Err(Abandoned::TooFewClients { stage: self.stage, have, need }));
         }
+        let mut deadline = now_ms.saturating_add(timeout);
         match next {
-            Stage::MaskedInput => self.masked_sum = vec![0; self.config.dim],
+            Stage::MaskedInput => {
+                self.masked_sum = vec![0; self.config.dim];
+                deadline = deadline.min(self.timeouts.masked_input_by_ms.unwrap_or(u64::MAX));
+            }
             Stage::Unmask => {
                 if let Err(reason) = self.plan_unmask() {
                     return self.end(Err(reason));
@@ -330,7 +393,7 @@ impl SecAggServer {
             _ => {}
         }
         self.stage = next;
-        self.deadline_ms = now_ms.saturating_add(timeout);
+        self.deadline_ms = deadline;
     }
 
     fn end(&mut self, outcome: Result<SecAggSum, Abandoned>) {

@@ -68,12 +68,12 @@ proptest! {
         let dropped = drop_at.iter().filter(|d| d.is_some()).count();
         match simulate_round(&config, &inputs, drop_at, &mut rng) {
             Ok(sum) => {
-                prop_assert_eq!(&sum.quantized, &expected_sum(&quantized, &sum.survivors, dim));
+                prop_assert_eq!(sum.quantized(), &expected_sum(&quantized, sum.survivors(), dim)[..]);
                 if dropped <= tolerated {
                     let uploaded: Vec<u32> = (0..clients)
                         .filter(|&c| matches!(drop_at[c as usize], None | Some(Stage::Unmask)))
                         .collect();
-                    prop_assert_eq!(sum.survivors, uploaded);
+                    prop_assert_eq!(sum.survivors(), &uploaded[..]);
                 }
             }
             Err(SimulationError::Abandoned(_)) => prop_assert!(dropped > tolerated, "{dropped} drops abandoned"),
@@ -97,9 +97,9 @@ fn a_hundred_clients_with_ten_percent_dropouts_sum_correctly() {
     let sum = simulate_round(&config, &inputs, &drop_at, &mut rng).unwrap();
     let uploaded: Vec<u32> =
         (0..clients).filter(|&c| matches!(drop_at[c as usize], None | Some(Stage::Unmask))).collect();
-    assert_eq!(sum.survivors, uploaded);
-    assert_eq!(sum.quantized, expected_sum(&quantized, &uploaded, dim));
-    for (i, &value) in sum.values.iter().enumerate() {
+    assert_eq!(sum.survivors(), uploaded);
+    assert_eq!(sum.quantized(), expected_sum(&quantized, &uploaded, dim));
+    for (i, &value) in sum.values().iter().enumerate() {
         let exact: f64 = uploaded.iter().map(|&c| f64::from(inputs[c as usize][i])).sum();
         assert!((f64::from(value) - exact).abs() < 1e-3, "{value} vs {exact}");
     }
@@ -158,8 +158,13 @@ fn too_few_survivors_abandon_the_round_cleanly() {
 #[test]
 fn deadlines_move_the_stages() {
     let config = SecAggConfig::recommended(4, 5, 2, 9);
-    let timeouts =
-        StageTimeouts { advertise_keys_ms: 1000, share_keys_ms: 1000, masked_input_ms: 1000, unmask_ms: 1000 };
+    let timeouts = StageTimeouts {
+        advertise_keys_ms: 1000,
+        share_keys_ms: 1000,
+        masked_input_ms: 1000,
+        unmask_ms: 1000,
+        ..Default::default()
+    };
     let mut server = SecAggServer::new(config.clone(), timeouts, 0).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let mut clients: Vec<_> = (0..5).map(|id| SecAggClient::new(config.clone(), id, &mut rng).unwrap()).collect();
@@ -246,8 +251,8 @@ fn the_server_refuses_what_does_not_fit_the_round() {
     }
     let sum = server.into_outcome().unwrap().unwrap();
     // Five inputs of 0.5 at r = 8, L = 1000: each quantizes to 531 or 532 (531.25).
-    assert!(sum.quantized.iter().all(|&q| (5 * 531..=5 * 532).contains(&q)), "{:?}", sum.quantized);
-    assert!(sum.values.iter().all(|v| (v - 2.5).abs() < 0.1), "{:?}", sum.values);
+    assert!(sum.quantized().iter().all(|&q| (5 * 531..=5 * 532).contains(&q)), "{:?}", sum.quantized());
+    assert!(sum.values().iter().all(|v| (v - 2.5).abs() < 0.1), "{:?}", sum.values());
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub trait Aggregator: Send {
     fn finish(&mut self) -> Result<Params, StrategyError>;
     /// Drops everything accepted since the last finish.
     fn reset(&mut self);
+    /// Whether the result is a (weighted) mean, which a mean computed elsewhere can stand in
+    /// for (secure aggregation); rules that look at individual updates are not.
+    fn is_mean(&self) -> bool {
+        false
+    }
 }
 
 /// The largest client weight: 2^64, every example count a `u64` can state. With finite f32
@@ -190,6 +195,10 @@ impl Aggregator for Mean {
         self.sum.clear();
         self.total_weight = 0.0;
         self.count = 0;
+    }
+
+    fn is_mean(&self) -> bool {
+        true
     }
 }
 

@@ -123,6 +123,10 @@ impl CentralDp {
         self.clip
     }
 
+    pub(crate) fn is_adaptive(&self) -> bool {
+        self.config.adaptive.is_some()
+    }
+
     pub(crate) fn restore_clip(&mut self, clip: f64) {
         if clip.is_finite() && clip > 0.0 {
             self.clip = clip;

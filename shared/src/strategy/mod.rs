@@ -101,6 +101,8 @@ pub struct Strategy {
     /// Central DP (DP-FedAvg): replaces the norm bound by its own (possibly adaptive) clip, and
     /// turns the mean into a noised fixed-denominator average.
     central_dp: Option<central_dp::CentralDp>,
+    /// Updates behind a mean combined elsewhere ([`add_mean`](Self::add_mean)) this round.
+    combined: Option<usize>,
 }
 
 impl std::fmt::Debug for Strategy {
@@ -126,7 +128,7 @@ impl Strategy {
                 return Err(StrategyError::InvalidConfig(format!("norm_bound must be a finite number > 0, got {s}")));
             }
         }
-        Ok(Self { aggregator, optimizer, norm_bound, round_layout: None, clipped: 0, central_dp: None })
+        Ok(Self { aggregator, optimizer, norm_bound, round_layout: None, clipped: 0, central_dp: None, combined: None })
     }
 
     /// Adds central DP (see [`CentralDpConfig`]); the aggregator must be a mean, and every update
@@ -180,6 +182,46 @@ impl Strategy {
         Ok(())
     }
 
+    /// Whether this strategy can take a mean combined elsewhere ([`add_mean`](Self::add_mean)):
+    /// only a plain mean can, since norm bounding, central DP and robust rules each need the
+    /// individual updates (or a bit per client).
+    pub fn takes_combined_mean(&self) -> Result<(), StrategyError> {
+        let refuse = |why: &str| Err(StrategyError::InvalidConfig(why.to_string()));
+        if self.norm_bound.is_some() {
+            return refuse("server-side norm bounding clips each update, but secure aggregation yields only their sum");
+        }
+        if let Some(dp) = &self.central_dp {
+            return refuse(if dp.is_adaptive() {
+                "adaptive clipping needs each client's clipped-or-not bit, but secure aggregation yields only the sum"
+            } else {
+                "central DP clips each update on the server, but secure aggregation yields only their sum"
+            });
+        }
+        if !self.aggregator.is_mean() {
+            return Err(StrategyError::InvalidConfig(format!(
+                "{} needs the individual updates, but secure aggregation yields only their sum",
+                self.aggregator.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds the (weighted) mean of `updates` client updates combined elsewhere — the sum secure
+    /// aggregation reconstructs, divided by its total weight — as the round's one aggregated
+    /// update, so that [`finish_round`](Self::finish_round) applies the server optimizer to it.
+    /// Refused unless [`takes_combined_mean`](Self::takes_combined_mean), or when the round
+    /// already holds an update; on error nothing changes.
+    pub fn add_mean(&mut self, mean: &Update, updates: usize, total_weight: f64) -> Result<(), StrategyError> {
+        self.takes_combined_mean()?;
+        if self.aggregator.count() > 0 {
+            return Err(StrategyError::InvalidConfig("a combined mean is a round's only update".into()));
+        }
+        self.aggregator.add(mean, total_weight)?;
+        self.round_layout = Some(mean.layout().clone());
+        self.combined = Some(updates);
+        Ok(())
+    }
+
     /// Updates accepted so far this round.
     pub fn count(&self) -> usize {
         self.aggregator.count()
@@ -200,8 +242,9 @@ impl Strategy {
         if let Some(dp) = &self.central_dp {
             dp.check_ready()?;
         }
-        let updates = self.aggregator.count();
+        let updates = self.combined.unwrap_or(self.aggregator.count());
         let mut delta = self.aggregator.finish()?;
+        self.combined = None;
         if let Some(dp) = &mut self.central_dp {
             dp.finish(&mut delta, updates)?;
         }
@@ -224,6 +267,7 @@ impl Strategy {
         self.aggregator.reset();
         self.round_layout = None;
         self.clipped = 0;
+        self.combined = None;
         if let Some(dp) = &mut self.central_dp {
             dp.discard_round();
         }
@@ -443,6 +487,35 @@ mod tests {
         s.discard_round();
         assert_eq!(s.count(), 0);
         assert_eq!(s.finish_round(&mut w), Err(StrategyError::NoUpdates));
+    }
+
+    #[test]
+    fn a_mean_combined_elsewhere_is_the_rounds_one_update_and_only_plain_means_take_it() {
+        // FedAdam on the mean [0.1, -0.2] of 3 updates weighing 1.5 in all: the same step as on
+        // the updates themselves, and the summary counts the 3.
+        let l = layout(2);
+        let mut s = StrategyConfig::new(StrategyKind::FedAdam).build().unwrap();
+        s.add_mean(&update(&l, &[0.1, -0.2]), 3, 1.5).unwrap();
+        let twice = s.add_mean(&update(&l, &[0.1, -0.2]), 3, 1.5).unwrap_err();
+        assert!(twice.to_string().contains("only update"), "{twice}");
+        let mut w = params(&l, &[0.0, 0.0]);
+        let summary = s.finish_round(&mut w).unwrap();
+        let mut reference = StrategyConfig::new(StrategyKind::FedAdam).build().unwrap();
+        for (v, weight) in [([0.3, -0.6], 0.5), ([0.0, 0.0], 0.5), ([0.0, 0.0], 0.5)] {
+            reference.add(&update(&l, &v), weight).unwrap();
+        }
+        let mut expected = params(&l, &[0.0, 0.0]);
+        reference.finish_round(&mut expected).unwrap();
+        assert_close(w.as_slice(), &expected.as_slice().iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), 1e-7);
+        assert_eq!(summary.updates, 3);
+        for kind in [StrategyKind::Median, StrategyKind::TrimmedMean, StrategyKind::Krum, StrategyKind::Bulyan] {
+            let mut robust = StrategyConfig::new(kind).build().unwrap();
+            assert!(robust.add_mean(&update(&l, &[0.1, 0.1]), 3, 1.0).is_err(), "{kind}");
+            assert_eq!(robust.count(), 0);
+        }
+        let bounded = StrategyConfig { norm_bound: Some(1.0), ..StrategyConfig::new(StrategyKind::FedAvg) };
+        assert!(bounded.build().unwrap().takes_combined_mean().is_err());
+        assert!(StrategyConfig::new(StrategyKind::Mean).build().unwrap().takes_combined_mean().is_ok());
     }
 
     #[test]

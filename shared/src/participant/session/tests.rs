@@ -14,6 +14,7 @@ fn terms(update: UpdateSpec) -> AssignmentTerms {
         model: spec(),
         upload_limit_bytes: 1 << 20,
         update,
+        secure_aggregation: None,
     }
 }
 
