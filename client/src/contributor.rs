@@ -344,7 +344,11 @@ impl Inner {
     ) -> Result<Result<SecAggAnswer, Failure>, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let auth = format!("Bearer {token}");
-        let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+        let headers = [
+            ("content-type", "application/json"),
+            ("authorization", auth.as_str()),
+            (proto::header::CLIENT, request.client_id.as_str()),
+        ];
         let url = self.url(&format!("/api/v1/rounds/{round}/secagg"));
         Ok(match exchange("POST", &url, &headers, Some(&body)).await {
             Ok(bytes) => Ok(parse(&bytes, "secure-aggregation")?),

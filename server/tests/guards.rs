@@ -49,6 +49,7 @@ fn setup(server: ServerConfig) -> TaskSetup {
         update: Default::default(),
         privacy: None,
         server,
+        secure_aggregation: None,
     }
 }
 

@@ -54,6 +54,7 @@ fn setup(policy: RoundPolicy) -> TaskSetup {
         update: Default::default(),
         privacy: None,
         server: Default::default(),
+        secure_aggregation: None,
     }
 }
 

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 use webfl_shared::protocol::{CheckInRequest, header as h};
 
-use crate::service::{CheckInCall, Service, ServiceError, UploadCall, UploadRoom};
+use crate::service::{CheckInCall, SecAggCall, Service, ServiceError, UploadCall, UploadRoom};
 
 /// Check-in bodies are tiny; anything larger is refused.
 pub const CHECKIN_LIMIT_BYTES: usize = 64 * 1024;
@@ -78,6 +78,13 @@ async fn read_body(
     Ok(received.freeze())
 }
 
+/// Whether the body is declared `application/json` (parameters such as `charset` aside).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
 fn parse_u64(what: &str, text: &str) -> Result<u64, ServiceError> {
     text.trim().parse().map_err(|_| {
         ServiceError::bad_request("bad_request", format!("{what} must be an unsigned integer, got {text:?}"))
@@ -116,11 +123,7 @@ impl FromRequest<Service> for CheckIn {
     async fn from_request(req: Request, service: &Service) -> Result<Self, ServiceError> {
         let token = bearer(req.headers());
         let peer = peer(req.extensions());
-        let json =
-            req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-                v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-            });
-        if !json {
+        if !is_json(req.headers()) {
             return Err(ServiceError::bad_request(
                 "bad_content_type",
                 "a check-in is a JSON object sent with `Content-Type: application/json` (`{}` for a first one)",
@@ -151,6 +154,37 @@ impl FromRequestParts<Service> for Operator {
     async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ServiceError> {
         service.authorize_operator(bearer(&parts.headers).as_deref(), peer(&parts.extensions))?;
         Ok(Operator)
+    }
+}
+
+/// `POST /api/v1/rounds/{round}/secagg`: a selected client's JSON step of a secure round,
+/// authenticated (`X-Webfl-Client` + bearer token) before its body takes room in the upload
+/// buffer, bounded by [`Service::secagg_limit_bytes`].
+pub struct SecAggStep(pub SecAggCall);
+
+impl FromRequest<Service> for SecAggStep {
+    type Rejection = ServiceError;
+
+    async fn from_request(req: Request, service: &Service) -> Result<Self, ServiceError> {
+        let (mut parts, body) = req.into_parts();
+        let Number(round) = Number::from_request_parts(&mut parts, service)
+            .await
+            .map_err(|_| ServiceError::bad_request("bad_request", "the round must be an unsigned integer"))?;
+        let client_id = required_header(&parts.headers, h::CLIENT)?.to_string();
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(ServiceError::Unauthorized("missing `Authorization: Bearer <token>`".into()));
+        };
+        if !is_json(&parts.headers) {
+            return Err(ServiceError::bad_request(
+                "bad_content_type",
+                "a secure-aggregation request is a JSON object sent with `Content-Type: application/json`",
+            ));
+        }
+        service.authenticate(&client_id, Some(&token))?;
+        let mut room = service.upload_room();
+        let body =
+            read_body(Request::from_parts(parts, body), service.secagg_limit_bytes(), service, Some(&mut room)).await?;
+        Ok(SecAggStep(SecAggCall { round, client_id, body, room }))
     }
 }
 

@@ -7,11 +7,11 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use webfl_shared::protocol::{
-    CheckInRequest, CheckInResponse, ClientsPage, ErrorBody, RoundRecord, SAFETENSORS_CONTENT_TYPE, Status, TaskInfo,
-    UploadResponse,
+    CheckInRequest, CheckInResponse, ClientsPage, ErrorBody, RoundRecord, SAFETENSORS_CONTENT_TYPE, SecAggAnswer,
+    SecAggRequest, Status, TaskInfo, UploadResponse,
 };
 
-use super::extract::{CheckIn, Number, Operator, UpdateUpload};
+use super::extract::{CheckIn, Number, Operator, SecAggStep, UpdateUpload};
 use crate::service::{Service, ServiceError};
 
 /// The task: what a client needs before it checks in.
@@ -172,6 +172,59 @@ pub async fn upload(
     // Malformed uploads count among the refused ones too.
     let UpdateUpload(call) = call.map_err(|e| service.refused_upload(e))?;
     service.upload(call).await.map(|accepted| (StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// One step of a secure-aggregation round (SecAgg+).
+///
+/// In a round whose assignment carries `secure_aggregation`, a selected client sends no upload:
+/// it polls this endpoint (`message` absent) until the cohort is fixed (`setup`), then sends each
+/// stage's SecAgg+ message — advertised keys, sealed key shares, its masked input, its unmask
+/// shares — and gets the next stage's message in return, until `done`. The server adds masked
+/// inputs into one running sum and unmasks only the sum. See docs/protocol.md for the order.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rounds/{round}/secagg",
+    tag = "protocol",
+    params(
+        ("round" = u64, Path, description = "The round the client is selected for."),
+        ("X-Webfl-Client" = String, Header, description = "The client's id."),
+    ),
+    request_body(
+        content = SecAggRequest,
+        content_type = "application/json",
+        description = "The client's message for the current stage, or none to ask what comes next; `wait_ms` \
+                       holds the call while the answer would be `wait` (at most 20 s)."
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`wait`, `setup` (the cohort is fixed: make the SecAgg+ client), `message` \
+                                      (the server's message of the current stage) or `done`.", body = SecAggAnswer),
+        (status = 400, description = "`bad_json`: not a secure-aggregation request; `bad_content_type`: not \
+                                      `application/json`; `missing_header`: no `X-Webfl-Client`; `bad_request`: \
+                                      the round is not an unsigned integer, or the body's `client_id` is another \
+                                      client's; `bad_body`: the body could not be read.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no bearer token, or an unknown client.", body = ErrorBody,
+         headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "`forbidden`: the token is not this client's; `not_selected`: the client is not \
+                                      in this round.", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive in time.", body = ErrorBody),
+        (status = 409, description = "`wrong_round`, `no_open_round`: not the open round; `not_secure_round`: the \
+                                      round takes uploads; `cohort_not_fixed`: a message before `setup`; \
+                                      `out_of_stage`: a message for another stage; `already_received`: this \
+                                      stage's message is in.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds the masked input's size.",
+         body = ErrorBody),
+        (status = 422, description = "`bad_secagg_message`: a message SecAgg+ refuses (wrong round, a key that is \
+                                      not X25519, shares for clients that are not neighbours, a masked input of \
+                                      the wrong length, an unmask answer that does not match its request).",
+         body = ErrorBody),
+        (status = 503, description = "`overloaded`: the server holds as many bodies as it may; send this one again \
+                                      after `Retry-After` seconds.",
+         body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    )
+)]
+pub async fn secagg(State(service): State<Service>, SecAggStep(call): SecAggStep) -> Result<Json<SecAggAnswer>, ServiceError> {
+    service.secagg(call).await.map(Json)
 }
 
 /// A summary for people and dashboards.

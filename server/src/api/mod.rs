@@ -8,6 +8,7 @@
 //! - `POST /api/v1/checkin` — assignment or retry (long poll with `wait_ms`).
 //! - `GET  /api/v1/models/{version}` — a committed model as safetensors bytes.
 //! - `POST /api/v1/rounds/{round}/update` — a client's update Δ (bounded size).
+//! - `POST /api/v1/rounds/{round}/secagg` — a step of a secure-aggregation round (SecAgg+).
 //! - `GET  /api/status`, `/api/rounds`, `/api/clients`, `/metrics` — for operators.
 //! - `GET  /api/openapi.json` — the OpenAPI document of all of the above.
 
@@ -44,6 +45,7 @@ fn routes() -> OpenApiRouter<Service> {
         .routes(routes!(handlers::checkin))
         .routes(routes!(handlers::model))
         .routes(routes!(handlers::upload))
+        .routes(routes!(handlers::secagg))
         .routes(routes!(handlers::status))
         .routes(routes!(handlers::rounds))
         .routes(routes!(handlers::clients))

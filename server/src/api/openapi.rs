@@ -70,6 +70,10 @@ impl Modify for BearerAuth {
         proto::AssignmentTerms,
         WaitReason,
         proto::UploadResponse,
+        proto::SecAggTerms,
+        proto::SecAggRequest,
+        proto::SecAggAnswer,
+        proto::SecAggDone,
         proto::ErrorBody,
         Safetensors,
         UpdateBody,
@@ -331,6 +335,7 @@ mod tests {
             update: Default::default(),
             privacy: None,
             server: Default::default(),
+            secure_aggregation: None,
         }
     }
 

@@ -16,8 +16,9 @@ use crate::store::unix_ms;
 /// Runs the sequence for `settled`; returns whether a new version was committed.
 pub(super) async fn settle(service: &Service, settled: Settled) -> bool {
     match settled {
-        Settled::Abandoned { round, reports, selected, opened_at_ms, why, .. } => {
-            tracing::warn!(round, reports, selected, %why, "round abandoned");
+        Settled::Abandoned { round, reports, selected, opened_at_ms, why, secagg } => {
+            let stages = secagg.map(|s| s.describe());
+            tracing::warn!(round, reports, selected, %why, secure_aggregation = stages, "round abandoned");
             let mut record = RoundRecord {
                 round,
                 outcome: RoundOutcome::Abandoned,
@@ -78,8 +79,11 @@ async fn commit_version(service: &Service, pending: Box<PendingCommit>) -> bool 
             (None, None)
         }
     };
-    let PendingCommit { round, version, reports, selected, closed_by_deadline, opened_at_ms, ref summary, .. } =
+    let PendingCommit { round, version, reports, selected, closed_by_deadline, opened_at_ms, ref summary, secagg, .. } =
         *pending;
+    if let Some(stages) = secagg {
+        tracing::info!(round, secure_aggregation = stages.describe(), "secure round unmasked");
+    }
     let mut record = RoundRecord {
         round,
         outcome: if closed_by_deadline { RoundOutcome::ClosedByDeadline } else { RoundOutcome::Closed },

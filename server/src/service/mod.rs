@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use webfl_shared::codec::Compression;
-use webfl_shared::coordinator::{CheckIn, Coordinator, Resumed, RoundPolicy, SyncCoordinator, Upload};
+use webfl_shared::coordinator::{CheckIn, Coordinator, Resumed, RoundPolicy, SecAggPolicy, SyncCoordinator, Upload};
 use webfl_shared::data::Dataset;
 use webfl_shared::model::ModelSpec;
 use webfl_shared::params::Params;
@@ -33,7 +33,7 @@ use webfl_shared::pipeline::{self, UpdateSpec};
 use webfl_shared::privacy::PrivacyBudget;
 use webfl_shared::protocol::{
     AssignmentTerms, CheckInResponse, ClientsPage, DatasetInfo, MAX_CHECK_IN_WAIT_MS, PROTOCOL_VERSION, RoundRecord,
-    Status, TaskInfo, UPDATE_CONTENT_TYPE, UploadResponse,
+    SecAggAnswer, SecAggRequest, Status, TaskInfo, UPDATE_CONTENT_TYPE, UploadResponse,
 };
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
@@ -76,6 +76,16 @@ pub struct TaskSetup {
     pub privacy: Option<PrivacyBudget>,
     /// Rate limits, operator access, client expiry and version retention (`[server]`).
     pub server: ServerConfig,
+    /// SecAgg+ for every round (`[secure_aggregation]`): the server sees only each round's sum.
+    pub secure_aggregation: Option<SecAggPolicy>,
+}
+
+/// A secure-aggregation request body: a JSON object.
+fn parse_secagg(body: &[u8]) -> Result<SecAggRequest, ServiceError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ServiceError::bad_request("bad_json", "a secure-aggregation request is a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| ServiceError::bad_request("bad_json", format!("secure-aggregation request: {e}")))
 }
 
 /// Milliseconds on a monotonic clock; swappable so tests can move time.
@@ -135,6 +145,16 @@ pub struct UploadCall {
     pub body: Result<bytes::Bytes, ServiceError>,
     pub peer: Option<IpAddr>,
     /// The body's share of the upload buffer, held until the upload is processed.
+    pub room: UploadRoom,
+}
+
+/// A secure-aggregation step as the API received it: the client already authenticated, its
+/// JSON [`SecAggRequest`] body read (within the upload buffer) but not parsed.
+pub struct SecAggCall {
+    pub round: u64,
+    pub client_id: String,
+    pub body: bytes::Bytes,
+    /// The body's share of the upload buffer, held until the step is processed.
     pub room: UploadRoom,
 }
 
@@ -243,13 +263,17 @@ impl Service {
         let next_round = history.iter().map(|r| r.round).max().map_or(1, |r| r + 1);
         let rounds_completed = history.iter().filter(|r| r.version.is_some()).count() as u64;
         let at = Resumed { version, next_round, rounds_completed };
-        let coordinator = SyncCoordinator::new(setup.policy, strategy, global, at, setup.privacy)?;
+        let secure_terms = setup.secure_aggregation.as_ref().map(|s| s.terms(&setup.policy, setup.strategy.kind));
+        let mut coordinator = SyncCoordinator::new(setup.policy, strategy, global, at, setup.privacy)?;
+        if let Some(secure) = setup.secure_aggregation {
+            coordinator = coordinator.with_secure_aggregation(secure, &setup.update)?;
+        }
         let terms = AssignmentTerms {
             plan: setup.plan,
             model: setup.spec.clone(),
             upload_limit_bytes,
             update: setup.update,
-            secure_aggregation: None,
+            secure_aggregation: secure_terms,
         };
         let server = &setup.server;
         let server_buffer_kib = server.upload_buffer_mib.saturating_mul(1024).min(tokio::sync::Semaphore::MAX_PERMITS);
@@ -305,6 +329,12 @@ impl Service {
     }
 
     /// The `[server]` settings the service was started with.
+    /// Largest secure-aggregation request body: a masked input is the model's values plus one
+    /// as base64 u32 words in JSON, the size of a dense upload's body by a third more.
+    pub fn secagg_limit_bytes(&self) -> usize {
+        self.task.terms.upload_limit_bytes.div_ceil(3) * 4 + 64 * 1024
+    }
+
     pub fn server_config(&self) -> &ServerConfig {
         &self.task.server
     }
@@ -380,7 +410,12 @@ impl Service {
             let now = self.now();
             let check_in = {
                 let mut state = self.lock();
+                let before = state.coordinator.revision();
                 let check_in = state.coordinator.check_in(&client_id, now);
+                // A secure round's cohort fixed by this selection: its held members go on.
+                if state.coordinator.revision() != before {
+                    self.changed.send_modify(|n| *n += 1);
+                }
                 let round = match check_in {
                     CheckIn::Assigned { round, .. } => Some(round),
                     _ => None,
@@ -471,6 +506,58 @@ impl Service {
             .map_err(|e| ServiceError::Internal(format!("processing the upload failed: {e}")))?;
         let round_closed = accepted.map_err(|e| self.refused_upload(e))?;
         Ok(UploadResponse { accepted: true, round_closed })
+    }
+
+    /// One step of a secure-aggregation round: takes the client's SecAgg+ message for the
+    /// current stage (a masked input is added to the round's masked sum) and answers what the
+    /// client does next — holding the call (long poll, up to `wait_ms`) while that is "wait".
+    /// The server never sees an individual update: only the coordinator's unmasked sum reaches
+    /// the strategy.
+    pub async fn secagg(&self, call: SecAggCall) -> Result<SecAggAnswer, ServiceError> {
+        let SecAggCall { round, client_id, body, room } = call;
+        let mut room = Some(room);
+        // A masked input is megabytes of JSON: parsed on a blocking thread, one per core.
+        let request = {
+            let _slot = self
+                .upload_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ServiceError::Internal("the server is stopping".into()))?;
+            tokio::task::spawn_blocking(move || parse_secagg(&body))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("reading the message failed: {e}")))??
+        };
+        if request.client_id != client_id {
+            return Err(ServiceError::bad_request(
+                "bad_request",
+                format!("the body's client_id {:?} is not the X-Webfl-Client header's", request.client_id),
+            ));
+        }
+        let mut changes = self.changed.subscribe();
+        let held_until = self.now() + request.wait_ms.unwrap_or(0).min(MAX_CHECK_IN_WAIT_MS);
+        let mut message = request.message;
+        loop {
+            let now = self.now();
+            let (answer, settled) = {
+                let mut state = self.lock();
+                let before = state.coordinator.revision();
+                let stepped = state.coordinator.secagg(&client_id, round, message.take(), now);
+                if state.coordinator.revision() != before {
+                    self.changed.send_modify(|n| *n += 1);
+                }
+                stepped?
+            };
+            drop(room.take());
+            if let Some(settled) = settled {
+                self.spawn_commit(settled);
+            }
+            if !answer.is_wait() || now >= held_until || self.shutting_down.load(Ordering::SeqCst) {
+                return Ok(answer);
+            }
+            // Holding the client carries no work: its message, if any, is already in.
+            let _ = tokio::time::timeout(Duration::from_millis(held_until - now), changes.changed()).await;
+        }
     }
 
     /// Whether `token` is `client`'s: `401` otherwise.
@@ -650,7 +737,16 @@ impl Service {
     /// commit sequence it started, if the deadline settled a round.
     pub fn tick(&self) -> Option<tokio::task::JoinHandle<bool>> {
         let now = self.now();
-        let settled = self.lock().coordinator.tick(now);
+        let settled = {
+            let mut state = self.lock();
+            let before = state.coordinator.revision();
+            let settled = state.coordinator.tick(now);
+            // A secure round's stage that ended at its deadline: its held clients go on.
+            if state.coordinator.revision() != before {
+                self.changed.send_modify(|n| *n += 1);
+            }
+            settled
+        };
         match settled {
             Ok(Some(s)) => Some(self.spawn_commit(s)),
             Ok(None) => None,
