@@ -105,8 +105,8 @@ struct Client {
     /// The answer to the client's last action, ready at its `Deliver` event.
     reply: Option<Reply>,
     upload: Option<UploadRequest>,
-    /// A secure-aggregation request in flight or held: its round and body.
-    secagg: Option<(u64, SecAggRequest)>,
+    /// A secure-aggregation request in flight or held: its round, body and JSON bytes.
+    secagg: Option<(u64, SecAggRequest, usize)>,
     /// The last local training's stats (what the upload in flight was trained with).
     trained: Option<TrainStats>,
     /// A check-in (or secure-aggregation request) at the coordinator: its generation and until
@@ -395,11 +395,12 @@ impl Driver<'_> {
                     return;
                 }
                 let wait = request.wait_ms.unwrap_or(0).min(MAX_CHECK_IN_WAIT_MS);
-                let arrive = now + b.one_way() + b.transfer(json_len(&request));
+                let bytes = json_len(&request);
+                let arrive = now + b.one_way() + b.transfer(bytes);
                 let client = &mut self.clients[i];
                 client.generation += 1;
                 client.held_until = arrive + wait * 1000;
-                client.secagg = Some((round, request));
+                client.secagg = Some((round, request, bytes));
                 let generation = client.generation;
                 self.at(arrive, Event::SecAgg(i, generation));
             }
@@ -495,12 +496,9 @@ impl Driver<'_> {
         if client.generation != generation || client.finished {
             return Ok(());
         }
-        let Some((round, request)) = client.secagg.as_mut() else { return Ok(()) };
+        let Some((round, request, bytes)) = client.secagg.as_mut() else { return Ok(()) };
         let (round, message) = (*round, request.message.take());
-        let masked = match &message {
-            Some(ToServer::MaskedInput(_)) => Some(json_len(request) + json_len(&message)),
-            _ => None,
-        };
+        let masked = matches!(message, Some(ToServer::MaskedInput(_))).then_some(*bytes);
         let id = client.id.clone();
         let answer = match self.coordinator.secagg(&id, round, message, now_ms) {
             Ok((answer, settled)) => {
