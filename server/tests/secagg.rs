@@ -196,7 +196,8 @@ async fn a_secure_round_commits_the_weighted_mean_of_its_members_updates() {
     let (_, v0) = send(&app, Request::get("/api/v1/models/0").body(Body::empty()).unwrap()).await;
     let global = Params::from_safetensors_any(&v0).unwrap();
     // Weighted by examples (at most 100): (0.1·20 + 0.2·40 − 0.1·40 + 0.3·100 + 0.0·100) / 300.
-    let mut members = members(&[(0.1, 20, false), (0.2, 40, false), (-0.1, 40, false), (0.3, 100, false), (0.0, 100, false)]);
+    let mut members =
+        members(&[(0.1, 20, false), (0.2, 40, false), (-0.1, 40, false), (0.3, 100, false), (0.0, 100, false)]);
     let v1 = until_committed(&app, &service, &mut members, &clock).await;
     let want = (0.1 * 20.0 + 0.2 * 40.0 - 0.1 * 40.0 + 0.3 * 100.0) / 300.0;
     let moved: Vec<f32> = v1.as_slice().iter().zip(global.as_slice()).map(|(a, b)| a - b).collect();
@@ -257,9 +258,14 @@ async fn what_the_secure_endpoint_refuses_it_refuses_with_json() {
         ("other id", step(id, token, "application/json", r#"{"client_id": "x"}"#.into()), 400, "bad_request"),
         (
             "keys before setup",
-            step(id, token, "application/json", format!(
-                r#"{{"client_id": "{id}", "message": {{"stage": "advertise_keys", "round": {round}, "sealing_key": "", "mask_key": ""}}}}"#
-            )),
+            step(
+                id,
+                token,
+                "application/json",
+                format!(
+                    r#"{{"client_id": "{id}", "message": {{"stage": "advertise_keys", "round": {round}, "sealing_key": "", "mask_key": ""}}}}"#
+                ),
+            ),
             409,
             "cohort_not_fixed",
         ),

@@ -438,7 +438,10 @@ async function main() {
     // 8. Byzantine browsers: one tab of five uploads −4·Δ every round.
     report.byzantine = await byzantinePhase(context, pageErrors);
 
-    // 9. WebGPU (here Chromium's software adapter, SwiftShader): one page forced onto WebGPU and
+    // 9. Secure aggregation: eight tabs form a SecAgg+ cohort; three close mid-round.
+    report.secure = await securePhase(browser, pageErrors, report.byzantine);
+
+    // 10. WebGPU (here Chromium's software adapter, SwiftShader): one page forced onto WebGPU and
     // one choosing by a probe; both contribute accepted updates and say which engine runs and why.
     report.webgpu = await webgpuPhase(pageErrors);
 
@@ -515,6 +518,74 @@ async function byzantinePhase(context, pageErrors) {
       `FedAvg ${pct(fedavgClean.final_accuracy)} clean, ${pct(fedavgAttacked.final_accuracy)} attacked`,
   );
   return { rounds: ROUNDS, runs };
+}
+
+/**
+ * Eight pages on tests/e2e/secure-task.toml (SecAgg+: the server sees only each round's sum).
+ * In round 1 the eighth tab (all of MNIST, so it trains longest) is closed once it has shared its
+ * keys and before it uploads; two tabs are closed once the server has their masked updates and
+ * before unmasking. The round must still commit the sum of the seven masked updates; three more
+ * rounds run with the five tabs left. Accuracy is stated beside the byzantine phase's FedAvg run
+ * without secure aggregation (same model and plan; five tabs with a fifth of MNIST each), and must
+ * rise and end within 5 pp of it.
+ */
+async function securePhase(browser, pageErrors, byzantine) {
+  const ROUNDS = 4;
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), "webfl-e2e-secure-"));
+  const server = await startServer(port, join(dir, "data"), "server-secure.log", "tests/e2e/secure-task.toml");
+  const base = `http://127.0.0.1:${port}`;
+  const pages = [];
+  const taken = (client, stage) =>
+    server.serverLog.some((l) => l.includes("secure-aggregation message taken") && l.includes(`client=${client}`) && l.includes(`stage=${stage}`));
+  try {
+    for (let i = 0; i < 8; i++) {
+      // A context per tab, as separate people's browsers: one browser allows six connections to
+      // a host, so eight long-polling tabs in one would queue behind each other.
+      const page = await (await browser.newContext()).newPage();
+      page.on("pageerror", (e) => pageErrors.push(`secure page ${i}: ${e.message}`));
+      const part = i === 7 ? "client=0&of=1" : `client=${i}&of=7`;
+      await page.goto(`${base}/?partition=iid&${part}&autostart=1`);
+      pages.push(page);
+    }
+    const ids = [];
+    for (const [i, page] of pages.entries()) {
+      ids.push(await waitFor(`tab ${i}'s identity`, async () =>
+        (await page.evaluate(() => window.webflLog.find((e) => e.type === "identity")?.client_id)) ?? undefined, 60_000));
+    }
+    await waitFor("the eighth tab's shared keys", async () => taken(ids[7], "ShareKeys") || undefined, 60_000, 50);
+    const beforeUpload = !taken(ids[7], "MaskedInput");
+    await pages[7].close();
+    await waitFor("two tabs' masked updates", async () => (taken(ids[5], "MaskedInput") && taken(ids[6], "MaskedInput")) || undefined, 60_000, 100);
+    const beforeUnmask = !taken(ids[5], "Unmask") && !taken(ids[6], "Unmask");
+    await pages[5].close();
+    await pages[6].close();
+    check("a tab closed before uploading and two after uploading, before unmasking", beforeUpload && beforeUnmask,
+      `closed before upload: ${beforeUpload}; before unmasking: ${beforeUnmask}`);
+    const rounds = await waitFor(`${ROUNDS} secure rounds`, async () => {
+      const all = await (await fetch(`${base}/api/rounds`)).json();
+      const committed = all.filter((r) => r.version !== null).sort((a, b) => a.round - b.round);
+      return committed.length >= ROUNDS ? committed.slice(0, ROUNDS) : undefined;
+    }, 300_000);
+    const stages = server.serverLog.map(stripAnsi).filter((l) => l.includes("secure round unmasked"));
+    const first = stages.find((l) => / round=1 /.test(l)) ?? "";
+    check("round 1 commits the sum of the seven masked updates after three tabs closed",
+      rounds[0].round === 1 && first.includes("cohort 8 → keys 8 → shares 8 → masked 7 → unmasked 5"),
+      first.replace(/^.*secure_aggregation=/, ""));
+    const plain = byzantine.runs.find((r) => r.strategy === "fedavg" && !r.attack);
+    const accuracy = rounds.map((r) => r.test_accuracy);
+    const without = plain.accuracy.slice(0, ROUNDS);
+    const pct = (x) => `${(100 * x).toFixed(1)}%`;
+    // The secure tabs hold a seventh of MNIST each, the FedAvg run's a fifth: some gap is data.
+    check(`with secure aggregation the accuracy rises as without it (within 5 pp after ${ROUNDS} rounds)`,
+      accuracy[ROUNDS - 1] >= accuracy[0] + 0.05 && accuracy[ROUNDS - 1] >= without[ROUNDS - 1] - 0.05,
+      `secure ${accuracy.map(pct).join(" → ")}; without (FedAvg, 5 tabs) ${without.map(pct).join(" → ")}`);
+    return { rounds: ROUNDS, accuracy, without_secure_aggregation: without, stages };
+  } finally {
+    for (const page of pages) await page.context().close().catch(() => {});
+    server.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 async function webgpuPhase(pageErrors) {

@@ -80,9 +80,10 @@ async fn read_body(
 
 /// Whether the body is declared `application/json` (parameters such as `charset` aside).
 fn is_json(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-    })
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")))
 }
 
 fn parse_u64(what: &str, text: &str) -> Result<u64, ServiceError> {

@@ -223,7 +223,10 @@ pub async fn upload(
          body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     )
 )]
-pub async fn secagg(State(service): State<Service>, SecAggStep(call): SecAggStep) -> Result<Json<SecAggAnswer>, ServiceError> {
+pub async fn secagg(
+    State(service): State<Service>,
+    SecAggStep(call): SecAggStep,
+) -> Result<Json<SecAggAnswer>, ServiceError> {
     service.secagg(call).await.map(Json)
 }
 

@@ -79,8 +79,9 @@ async fn commit_version(service: &Service, pending: Box<PendingCommit>) -> bool 
             (None, None)
         }
     };
-    let PendingCommit { round, version, reports, selected, closed_by_deadline, opened_at_ms, ref summary, secagg, .. } =
-        *pending;
+    let PendingCommit {
+        round, version, reports, selected, closed_by_deadline, opened_at_ms, ref summary, secagg, ..
+    } = *pending;
     if let Some(stages) = secagg {
         tracing::info!(round, secure_aggregation = stages.describe(), "secure round unmasked");
     }

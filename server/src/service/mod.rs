@@ -35,6 +35,7 @@ use webfl_shared::protocol::{
     AssignmentTerms, CheckInResponse, ClientsPage, DatasetInfo, MAX_CHECK_IN_WAIT_MS, PROTOCOL_VERSION, RoundRecord,
     SecAggAnswer, SecAggRequest, Status, TaskInfo, UPDATE_CONTENT_TYPE, UploadResponse,
 };
+use webfl_shared::secagg::ToServer;
 use webfl_shared::strategy::StrategyConfig;
 use webfl_shared::train::TrainPlan;
 use webfl_shared::update::{Update, UpdateError};
@@ -85,7 +86,8 @@ fn parse_secagg(body: &[u8]) -> Result<SecAggRequest, ServiceError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ServiceError::bad_request("bad_json", "a secure-aggregation request is a JSON object"));
     }
-    serde_json::from_slice(body).map_err(|e| ServiceError::bad_request("bad_json", format!("secure-aggregation request: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ServiceError::bad_request("bad_json", format!("secure-aggregation request: {e}")))
 }
 
 /// Milliseconds on a monotonic clock; swappable so tests can move time.
@@ -537,6 +539,7 @@ impl Service {
         let mut changes = self.changed.subscribe();
         let held_until = self.now() + request.wait_ms.unwrap_or(0).min(MAX_CHECK_IN_WAIT_MS);
         let mut message = request.message;
+        let stage = message.as_ref().map(ToServer::stage);
         loop {
             let now = self.now();
             let (answer, settled) = {
@@ -548,6 +551,9 @@ impl Service {
                 }
                 stepped?
             };
+            if let Some(stage) = stage.filter(|_| room.is_some()) {
+                tracing::debug!(round, client = %client_id, ?stage, "secure-aggregation message taken");
+            }
             drop(room.take());
             if let Some(settled) = settled {
                 self.spawn_commit(settled);
