@@ -166,3 +166,91 @@ pub async fn infer_rate(
 fn rate(samples: usize, elapsed_ms: f64) -> f64 {
     samples as f64 / (elapsed_ms.max(1e-3) / 1e3)
 }
+
+/// What one SecAgg+ round costs a client in this browser: [`bench_secagg`]'s answer.
+#[derive(serde::Serialize)]
+struct SecAggTimes {
+    clients: u32,
+    dim: usize,
+    dropout: f64,
+    neighbours: u32,
+    threshold: u32,
+    survivors: usize,
+    /// Mean milliseconds per client for each of its stages: key generation, key agreement +
+    /// share generation + sealing, masking (opening its shares, quantizing, one PRG mask per
+    /// neighbour), unmasking.
+    client_keys_ms: f64,
+    client_share_ms: f64,
+    client_mask_ms: f64,
+    client_unmask_ms: f64,
+    /// The server's unmasking, here in wasm too (natively: `webfl bench secagg`).
+    server_unmask_ms: f64,
+}
+
+/// Times every client's stage of a stage-observing SecAgg+ round.
+struct StageClock {
+    ms: [f64; 4],
+}
+
+impl webfl_shared::secagg::Observer for StageClock {
+    fn client_work<T>(&mut self, _client: u32, stage: webfl_shared::secagg::Stage, work: impl FnOnce() -> T) -> T {
+        use webfl_shared::secagg::Stage;
+        let index = match stage {
+            Stage::AdvertiseKeys => 0,
+            Stage::ShareKeys => 1,
+            Stage::MaskedInput => 2,
+            _ => 3,
+        };
+        let started = performance_now();
+        let out = work();
+        self.ms[index] += performance_now() - started;
+        out
+    }
+}
+
+/// One whole SecAgg+ round of `clients` clients over inputs of `dim` values, run by the shared
+/// machines in this browser's wasm, a share `dropout` of the clients vanishing after sharing
+/// their keys (the server then rebuilds their pairwise masks). Returns [`SecAggTimes`] as JSON.
+#[wasm_bindgen(js_name = benchSecAgg)]
+pub fn bench_secagg(clients: u32, dim: usize, dropout: f64) -> Result<String, JsError> {
+    use rand::SeedableRng as _;
+    use rand::seq::SliceRandom as _;
+    use webfl_shared::secagg::{SecAggConfig, Stage, simulate_to_unmask};
+
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(JsError::new(&format!("dropout must be in [0, 1), not {dropout}")));
+    }
+    let config = SecAggConfig::recommended(1, clients, dim, 1);
+    config.validate().map_err(js)?;
+    // A CSPRNG with a fixed seed: the protocol asks for one; a rerun does the same work.
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    let inputs: Vec<Vec<f32>> =
+        (0..clients).map(|_| (0..dim).map(|_| rng.random_range(-0.1f32..0.1)).collect()).collect();
+    let mut order: Vec<usize> = (0..clients as usize).collect();
+    order.shuffle(&mut rng);
+    let mut drop_at = vec![None; clients as usize];
+    for &c in &order[..(dropout * f64::from(clients)).round() as usize] {
+        drop_at[c] = Some(Stage::MaskedInput);
+    }
+    let mut clock = StageClock { ms: [0.0; 4] };
+    let pending = simulate_to_unmask(&config, &inputs, &drop_at, &mut rng, &mut clock).map_err(js)?;
+    let started = performance_now();
+    let sum = pending.finish().map_err(js)?;
+    let server_unmask_ms = performance_now() - started;
+    let survivors = sum.survivors().len();
+    let per = |stage: usize, n: usize| clock.ms[stage] / n.max(1) as f64;
+    let times = SecAggTimes {
+        clients,
+        dim,
+        dropout,
+        neighbours: config.neighbours,
+        threshold: config.threshold,
+        survivors,
+        client_keys_ms: per(0, clients as usize),
+        client_share_ms: per(1, clients as usize),
+        client_mask_ms: per(2, survivors),
+        client_unmask_ms: per(3, survivors),
+        server_unmask_ms,
+    };
+    serde_json::to_string(&times).map_err(js)
+}

@@ -95,3 +95,15 @@ async fn running_without_data_is_a_fatal_error() {
     let message: String = err.dyn_into::<js_sys::Error>().unwrap().message().into();
     assert!(message.contains("no local data"), "{message}");
 }
+
+#[wasm_bindgen_test]
+fn a_secure_aggregation_round_runs_and_is_timed_in_the_worker() {
+    let json = webfl_client::bench::bench_secagg(10, 1_000, 0.2).unwrap_or_else(|_| panic!("the round failed"));
+    let times: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(times["survivors"], 8, "{times}");
+    // Key generation can fall under the timer's resolution in a worker; the rest cannot.
+    assert!(times["client_keys_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{times}");
+    for stage in ["client_share_ms", "client_mask_ms", "server_unmask_ms"] {
+        assert!(times[stage].as_f64().is_some_and(|ms| ms > 0.0), "{stage}: {times}");
+    }
+}

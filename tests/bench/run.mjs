@@ -228,6 +228,8 @@ async function main() {
       const params = new URLSearchParams({ min: String(opts.min), cap: String(opts.cap) });
       if (pass.engines) params.set("engines", pass.engines);
       if (pass.models) params.set("models", pass.models);
+      // One secure-aggregation round (100 clients, the 2NN's size) with the first pass only.
+      params.set("secagg", i === 0 ? "100" : "0");
       const url = `http://127.0.0.1:${port}/bench.html?${params}`;
       console.log(`bench: ${url}`);
       await page.goto(url);
@@ -289,11 +291,37 @@ async function main() {
       ),
     );
 
+    if (env.secagg) {
+      // Masking against the training it protects: one epoch of a client's 600 examples (MNIST
+      // over 100 clients, as McMahan et al.) at webfl's CPU 2NN training rate, batch 10.
+      const s = env.secagg;
+      const rate = results.find((r) => r.engine === "webfl-cpu" && r.model === "2nn" && r.mode === "train" && r.batch === 10);
+      const trainMs = rate ? (600 / rate.samples_per_s) * 1e3 : undefined;
+      console.log(`\nsecure aggregation in this browser: one SecAgg+ round, n = ${s.clients}, d = ${s.dim}, k = ${s.neighbours}, t = ${s.threshold}, ${s.survivors} survivors`);
+      console.log(table(
+        [
+          ["client: keys", s.client_keys_ms.toFixed(2)],
+          ["client: key agreement + shares + sealing", s.client_share_ms.toFixed(2)],
+          ["client: masking", s.client_mask_ms.toFixed(2)],
+          ["client: unmasking", s.client_unmask_ms.toFixed(2)],
+          ["server: unmasking (wasm)", s.server_unmask_ms.toFixed(1)],
+          ["local training it protects (600 examples, 1 epoch)", trainMs === undefined ? "n/a" : trainMs.toFixed(1)],
+        ],
+        ["stage", "ms"],
+        ["l", "r"],
+      ));
+      if (trainMs !== undefined) console.log(`masking / training: ${(s.client_mask_ms / trainMs).toFixed(3)}`);
+    }
+
     // Smoke checks (every run, but only --quick is meant for CI): no page exception, and each
     // requested engine accounted for by numbers or notes. Never a speed threshold.
     if (pageErrors.length) {
       failed = true;
       for (const e of pageErrors) console.log(`FAIL page error: ${e}`);
+    }
+    if (!env.secagg) {
+      failed = true;
+      console.log("FAIL the secure-aggregation round did not run in the page");
     }
     if (env.fatal) {
       failed = true;

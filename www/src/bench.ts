@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs';
 import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import '@tensorflow/tfjs-backend-webgpu';
 import { BarController, BarElement, CategoryScale, Chart, Legend, LogarithmicScale, Tooltip } from 'chart.js';
-import init, { benchEngine } from './pkg/webfl_client.js';
+import init, { benchEngine, benchSecAgg } from './pkg/webfl_client.js';
 
 Chart.register(BarController, BarElement, CategoryScale, LogarithmicScale, Legend, Tooltip);
 
@@ -63,12 +63,15 @@ declare global {
     benchResults: BenchRow[];
     benchNotes: BenchNote[];
     benchEnv: Record<string, unknown>;
+    /** One SecAgg+ round's per-client stage times in this browser (`benchSecAgg`), or null. */
+    benchSecAgg: Record<string, number> | null;
   }
 }
 
 window.benchResults = [];
 window.benchNotes = [];
 window.benchEnv = {};
+window.benchSecAgg = null;
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
@@ -86,6 +89,9 @@ function listParam<T extends string>(name: string, all: readonly T[]): T[] {
 const minParam = Number(query.get('min') ?? '1.5');
 /** Seconds per tfjs measurement (warm-up included) after which it stops at `CAP_MIN_STEPS` steps. */
 const capParam = Number(query.get('cap') ?? '30');
+// Clients in the secure-aggregation round timed after the engines (0: none); inputs are the 2NN's size.
+const secAggClients = Number(query.get('secagg') ?? '100');
+const SECAGG_DIM = 199_210;
 
 // ---- The models in TensorFlow.js, with raw variables (the leanest training path) ----
 
@@ -634,6 +640,17 @@ async function main() {
     }
   }
   showRatios();
+  if (secAggClients > 0) {
+    $('bench-state').textContent = `secure aggregation: one SecAgg+ round of ${secAggClients} clients, d = ${SECAGG_DIM}`;
+    await nextFrame();
+    try {
+      window.benchSecAgg = JSON.parse(benchSecAgg(secAggClients, SECAGG_DIM, 0.1));
+      window.benchEnv.secagg = window.benchSecAgg;
+      renderEnv();
+    } catch (e) {
+      addNote({ engine: 'webfl-cpu', kind: 'failed', error: `secure aggregation: ${message(e)}` });
+    }
+  }
   $('bench-state').textContent = `done: ${window.benchResults.length} results, ${window.benchNotes.length} notes`;
 }
 
