@@ -568,6 +568,17 @@ async function securePhase(browser, pageErrors, byzantine) {
       return committed.length >= ROUNDS ? committed.slice(0, ROUNDS) : undefined;
     }, 300_000);
     const stages = server.serverLog.map(stripAnsi).filter((l) => l.includes("secure round unmasked"));
+    // The round's stages are stored with its record and shown on the dashboard.
+    const dash = await (await browser.newContext()).newPage();
+    await dash.goto(`${base}/dashboard`);
+    const shown = await waitFor("the dashboard's secure stages", async () => {
+      const cells = await dash.$$eval("#versions-table tbody tr td:nth-child(9)", (tds) => tds.map((td) => td.textContent));
+      return cells.includes("8 → 8 → 8 → 7 → 5") ? cells : undefined;
+    }, 30_000).catch(() => []);
+    await dash.screenshot({ path: join(OUT, "dashboard-secure.png"), fullPage: true });
+    await dash.context().close();
+    check("the dashboard shows each secure round's stages", shown.includes("8 → 8 → 8 → 7 → 5"),
+      `${shown.join(" | ")}; out/e2e/dashboard-secure.png`);
     const first = stages.find((l) => / round=1 /.test(l)) ?? "";
     check("round 1 commits the sum of the seven masked updates after three tabs closed",
       rounds[0].round === 1 && first.includes("cohort 8 → keys 8 → shares 8 → masked 7 → unmasked 5"),

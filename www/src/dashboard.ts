@@ -319,6 +319,12 @@ function versionLink(version: number): HTMLAnchorElement {
   return a;
 }
 
+/** A secure round's participation stage by stage ("8 → 8 → 8 → 7 → 5"); a dash for plain rounds. */
+function secureStages(r: RoundRecord): string {
+  const s = r.secagg;
+  return s ? [s.cohort, s.advertised, s.shared, s.masked, s.unmasked].join(' → ') : '–';
+}
+
 function renderVersions(rounds: RoundRecord[]): void {
   const tbody = byId('versions-table', HTMLTableElement).tBodies[0];
   if (!tbody) return;
@@ -338,6 +344,7 @@ function renderVersions(rounds: RoundRecord[]): void {
       cell(fixed(r.update_norm, 3), 'num'),
       cell(String(r.clipped), 'num'),
       cell(mib(r.bytes_up), 'num'),
+      cell(secureStages(r), 'num'),
       cell(formatTime(r.closed_at_ms)),
     );
     rows.push(tr);
@@ -347,7 +354,7 @@ function renderVersions(rounds: RoundRecord[]): void {
   const v = cell('', 'num');
   v.append(versionLink(0));
   const dash = () => cell('–', 'num');
-  tr.append(v, dash(), dash(), dash(), dash(), dash(), dash(), dash(), cell('initial', 'muted'));
+  tr.append(v, dash(), dash(), dash(), dash(), dash(), dash(), dash(), dash(), cell('initial', 'muted'));
   rows.push(tr);
   tbody.replaceChildren(...rows);
 }

@@ -204,6 +204,7 @@ mod tests {
             bytes_down: 0,
             clipped: 0,
             update_norm: None,
+            secagg: None,
         };
         assert_eq!(keys(serde_json::to_value(round).unwrap()), required("RoundRecord"));
         let client = ClientRecord {

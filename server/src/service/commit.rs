@@ -17,7 +17,7 @@ use crate::store::unix_ms;
 pub(super) async fn settle(service: &Service, settled: Settled) -> bool {
     match settled {
         Settled::Abandoned { round, reports, selected, opened_at_ms, why, secagg } => {
-            let stages = secagg.map(|s| s.describe());
+            let stages = secagg.as_ref().map(|s| s.describe());
             tracing::warn!(round, reports, selected, %why, secure_aggregation = stages, "round abandoned");
             let mut record = RoundRecord {
                 round,
@@ -33,6 +33,7 @@ pub(super) async fn settle(service: &Service, settled: Settled) -> bool {
                 bytes_down: 0,
                 clipped: 0,
                 update_norm: None,
+                secagg,
             };
             {
                 let mut state = service.lock();
@@ -82,7 +83,7 @@ async fn commit_version(service: &Service, pending: Box<PendingCommit>) -> bool 
     let PendingCommit {
         round, version, reports, selected, closed_by_deadline, opened_at_ms, ref summary, secagg, ..
     } = *pending;
-    if let Some(stages) = secagg {
+    if let Some(stages) = &secagg {
         tracing::info!(round, secure_aggregation = stages.describe(), "secure round unmasked");
     }
     let mut record = RoundRecord {
@@ -99,6 +100,7 @@ async fn commit_version(service: &Service, pending: Box<PendingCommit>) -> bool 
         bytes_down: 0,
         clipped: summary.clipped as u64,
         update_norm: Some(summary.delta_norm),
+        secagg,
     };
     let eval_ms = eval_started.elapsed().as_millis() as u64;
     let store_started = Instant::now();

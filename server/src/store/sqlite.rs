@@ -19,7 +19,7 @@ use webfl_shared::strategy::OptimizerState;
 use super::{ClientCursor, ClientEvent, Resume, Retention, StoreError, TaskStore, unix_ms};
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration step below.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// A stored model version.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,6 +127,15 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if found < 5 {
+            // v5: who took part in each stage of a secure-aggregation round (JSON; NULL otherwise).
+            conn.execute_batch(
+                "BEGIN;
+                 ALTER TABLE rounds ADD COLUMN secagg TEXT;
+                 PRAGMA user_version = 5;
+                 COMMIT;",
+            )?;
+        }
         Ok(Self { conn })
     }
 
@@ -209,7 +218,7 @@ impl Store {
     pub fn rounds(&self, task: &str) -> Result<Vec<RoundRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT round, outcome, version, selected, reports, opened_at_ms, closed_at_ms, test_loss, test_accuracy,
-                    bytes_up, bytes_down, clipped, update_norm
+                    bytes_up, bytes_down, clipped, update_norm, secagg
              FROM rounds WHERE task = ?1 ORDER BY round",
         )?;
         let rows = stmt.query_map([task], |r| {
@@ -228,6 +237,8 @@ impl Store {
                 bytes_down: r.get::<_, i64>(10)? as u64,
                 clipped: r.get::<_, i64>(11)? as u64,
                 update_norm: r.get(12)?,
+                // A record this server wrote; one it cannot read says nothing rather than fail.
+                secagg: r.get::<_, Option<String>>(13)?.and_then(|json| serde_json::from_str(&json).ok()),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -485,8 +496,8 @@ fn insert_version(
 fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO rounds (task, round, outcome, version, selected, reports, opened_at_ms, closed_at_ms,
-                             test_loss, test_accuracy, bytes_up, bytes_down, clipped, update_norm)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                             test_loss, test_accuracy, bytes_up, bytes_down, clipped, update_norm, secagg)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             task,
             r.round as i64,
@@ -501,7 +512,8 @@ fn insert_round(conn: &Connection, task: &str, r: &RoundRecord) -> Result<(), St
             r.bytes_up as i64,
             r.bytes_down as i64,
             r.clipped as i64,
-            r.update_norm
+            r.update_norm,
+            r.secagg.map(|s| serde_json::to_string(&s)).transpose()?
         ],
     )?;
     Ok(())
@@ -526,7 +538,24 @@ mod tests {
             bytes_down: 0,
             clipped: 1,
             update_norm: version.map(|_| 0.25),
+            secagg: None,
         }
+    }
+
+    #[test]
+    fn a_secure_rounds_stages_are_kept_with_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let stages =
+            webfl_shared::protocol::SecAggRecord { cohort: 8, advertised: 8, shared: 8, masked: 7, unmasked: 5 };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.ensure_task("t", "{}", 1).unwrap();
+            let secure = RoundRecord { secagg: Some(stages), ..record(1, None, RoundOutcome::Abandoned) };
+            s.record_abandoned("t", &secure).unwrap();
+            s.record_abandoned("t", &record(2, None, RoundOutcome::Abandoned)).unwrap();
+        }
+        let rounds = Store::open(dir.path()).unwrap().rounds("t").unwrap();
+        assert_eq!(rounds.iter().map(|r| r.secagg).collect::<Vec<_>>(), [Some(stages), None]);
     }
 
     #[test]

@@ -132,6 +132,10 @@ pub struct RoundRecord {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub update_norm: Option<f64>,
+    /// Who took part in each stage, in a secure-aggregation round (null otherwise).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub secagg: Option<SecAggRecord>,
 }
 
 /// Who took part in each stage of a secure-aggregation round: the cohort fixed at its start,
