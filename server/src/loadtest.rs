@@ -58,6 +58,10 @@ pub struct LoadtestArgs {
     /// Task file for the server this starts [default: the load task above].
     #[arg(long, conflicts_with = "url")]
     config: Option<PathBuf>,
+    /// Check-ins long-poll for up to this many milliseconds, as browsers do (0: plain polls
+    /// every `retry_after`); check-in latencies then include the time the server held them.
+    #[arg(long, default_value_t = 0)]
+    wait_ms: u64,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -201,6 +205,8 @@ struct Shared {
     body: OnceLock<Bytes>,
     registered: AtomicU64,
     stop: AtomicBool,
+    /// The check-ins' long-poll `wait_ms` (0: none).
+    wait_ms: u64,
 }
 
 async fn client(shared: Arc<Shared>) -> Tally {
@@ -252,7 +258,10 @@ async fn client(shared: Arc<Shared>) -> Tally {
     let spread_ms = rand::rng().random_range(0..2000);
     tokio::time::sleep(Duration::from_millis(spread_ms)).await;
     let auth = format!("Bearer {token}");
-    let check_in_body = Bytes::from(format!(r#"{{"client_id":"{id}"}}"#));
+    let check_in_body = match shared.wait_ms {
+        0 => Bytes::from(format!(r#"{{"client_id":"{id}"}}"#)),
+        wait_ms => Bytes::from(format!(r#"{{"client_id":"{id}","wait_ms":{wait_ms}}}"#)),
+    };
     while Instant::now() < until && !shared.stop.load(Ordering::Relaxed) {
         let sent = Instant::now();
         let answer = conn
@@ -409,6 +418,11 @@ fn start_server(args: &LoadtestArgs) -> Result<(Started, SocketAddr)> {
 pub fn run(args: &LoadtestArgs) -> Result<()> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(args.seconds > 0.0 && args.seconds <= 3600.0, "--seconds must be in (0, 3600]");
+    anyhow::ensure!(
+        args.wait_ms <= webfl_shared::protocol::MAX_CHECK_IN_WAIT_MS,
+        "--wait-ms must be at most {} (the server holds a check-in no longer)",
+        webfl_shared::protocol::MAX_CHECK_IN_WAIT_MS
+    );
     // One descriptor per client connection.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let (started, addr, pid) = match &args.url {
@@ -441,6 +455,7 @@ async fn load(args: &LoadtestArgs, addr: SocketAddr, pid: Option<u32>) -> Result
         body: OnceLock::new(),
         registered: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        wait_ms: args.wait_ms,
     });
     let peak_rss = Arc::new(AtomicU64::new(0));
     let sampler = pid.map(|pid| {
