@@ -220,8 +220,8 @@ mod tests {
     }
 
     #[test]
-    fn the_document_has_the_nine_operations() {
-        assert_eq!(operations(&json()).len(), 9, "{:?}", operations(&json()));
+    fn the_document_has_the_ten_operations() {
+        assert_eq!(operations(&json()).len(), 10, "{:?}", operations(&json()));
     }
 
     /// The statuses each operation can answer, from `docs/protocol.md`'s error table and
@@ -235,6 +235,10 @@ mod tests {
             (
                 ("post", "/api/v1/rounds/{round}/update"),
                 &["202", "400", "401", "403", "408", "409", "413", "422", "429", "503"][..],
+            ),
+            (
+                ("post", "/api/v1/rounds/{round}/secagg"),
+                &["200", "400", "401", "403", "408", "409", "413", "422", "503"][..],
             ),
             (("get", "/api/status"), &["200"][..]),
             (("get", "/api/rounds"), &["200"][..]),
@@ -288,6 +292,16 @@ mod tests {
             "#/components/schemas/UploadResponse"
         );
         assert!(upload["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
+        // A secure-aggregation step: bearer token, the client's id in a header, a JSON body.
+        let secagg = &doc["paths"]["/api/v1/rounds/{round}/secagg"]["post"];
+        assert_eq!(secagg["security"], serde_json::json!([{"bearer": []}]));
+        let schema = &secagg["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(schema, "#/components/schemas/SecAggRequest");
+        assert_eq!(
+            secagg["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/SecAggAnswer"
+        );
+        assert!(secagg["responses"]["401"]["headers"]["WWW-Authenticate"].is_object());
         // Check-in works with or without a token, always with a JSON body (`{}` at first).
         let checkin = &doc["paths"]["/api/v1/checkin"]["post"];
         assert_eq!(checkin["security"], serde_json::json!([{}, {"bearer": []}]));
