@@ -412,12 +412,8 @@ impl Service {
             let now = self.now();
             let check_in = {
                 let mut state = self.lock();
-                let before = state.coordinator.revision();
-                let check_in = state.coordinator.check_in(&client_id, now);
                 // A secure round's cohort fixed by this selection: its held members go on.
-                if state.coordinator.revision() != before {
-                    self.changed.send_modify(|n| *n += 1);
-                }
+                let check_in = self.step(&mut state, |c| c.check_in(&client_id, now));
                 let round = match check_in {
                     CheckIn::Assigned { round, .. } => Some(round),
                     _ => None,
@@ -496,16 +492,8 @@ impl Service {
     /// at a time, so uploads neither stall the async threads nor each hold a decoded model in
     /// memory while they wait.
     pub async fn upload(&self, call: UploadCall) -> Result<UploadResponse, ServiceError> {
-        let _slot = self
-            .upload_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ServiceError::Internal("the server is stopping".into()))?;
         let service = self.clone();
-        let accepted = tokio::task::spawn_blocking(move || service.accept(call))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("processing the upload failed: {e}")))?;
+        let accepted = self.on_core("processing the upload", move || service.accept(call)).await?;
         let round_closed = accepted.map_err(|e| self.refused_upload(e))?;
         Ok(UploadResponse { accepted: true, round_closed })
     }
@@ -519,17 +507,7 @@ impl Service {
         let SecAggCall { round, client_id, body, room } = call;
         let mut room = Some(room);
         // A masked input is megabytes of JSON: parsed on a blocking thread, one per core.
-        let request = {
-            let _slot = self
-                .upload_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ServiceError::Internal("the server is stopping".into()))?;
-            tokio::task::spawn_blocking(move || parse_secagg(&body))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("reading the message failed: {e}")))??
-        };
+        let request = self.on_core("reading the message", move || parse_secagg(&body)).await??;
         if request.client_id != client_id {
             return Err(ServiceError::bad_request(
                 "bad_request",
@@ -544,12 +522,7 @@ impl Service {
             let now = self.now();
             let (answer, settled) = {
                 let mut state = self.lock();
-                let before = state.coordinator.revision();
-                let stepped = state.coordinator.secagg(&client_id, round, message.take(), now);
-                if state.coordinator.revision() != before {
-                    self.changed.send_modify(|n| *n += 1);
-                }
-                stepped?
+                self.step(&mut state, |c| c.secagg(&client_id, round, message.take(), now))?
             };
             if let Some(stage) = stage.filter(|_| room.is_some()) {
                 tracing::debug!(round, client = %client_id, ?stage, "secure-aggregation message taken");
@@ -564,6 +537,34 @@ impl Service {
             // Holding the client carries no work: its message, if any, is already in.
             let _ = tokio::time::timeout(Duration::from_millis(held_until - now), changes.changed()).await;
         }
+    }
+
+    /// Runs CPU work (decoding, aggregating, parsing a large body) on a blocking thread, at most
+    /// one per core at a time (`upload_slots`), so it neither stalls the async threads nor piles
+    /// up decoded data while it waits.
+    async fn on_core<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let _slot = self
+            .upload_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ServiceError::Internal("the server is stopping".into()))?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::Internal(format!("{what} failed: {e}")))
+    }
+
+    /// Runs `step` on the coordinator and wakes held long polls if it moved the coordinator's
+    /// revision (a round opened or settled, a secure round's cohort fixed or its stage ended).
+    fn step<T>(&self, state: &mut State, step: impl FnOnce(&mut dyn Coordinator) -> T) -> T {
+        let before = state.coordinator.revision();
+        let out = step(state.coordinator.as_mut());
+        if state.coordinator.revision() != before {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        out
     }
 
     /// Whether `token` is `client`'s: `401` otherwise.
@@ -743,16 +744,8 @@ impl Service {
     /// commit sequence it started, if the deadline settled a round.
     pub fn tick(&self) -> Option<tokio::task::JoinHandle<bool>> {
         let now = self.now();
-        let settled = {
-            let mut state = self.lock();
-            let before = state.coordinator.revision();
-            let settled = state.coordinator.tick(now);
-            // A secure round's stage that ended at its deadline: its held clients go on.
-            if state.coordinator.revision() != before {
-                self.changed.send_modify(|n| *n += 1);
-            }
-            settled
-        };
+        // A secure round's stage that ended at its deadline: its held clients go on.
+        let settled = self.step(&mut self.lock(), |c| c.tick(now));
         match settled {
             Ok(Some(s)) => Some(self.spawn_commit(s)),
             Ok(None) => None,
