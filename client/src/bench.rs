@@ -194,16 +194,9 @@ struct StageClock {
 
 impl webfl_shared::secagg::Observer for StageClock {
     fn client_work<T>(&mut self, _client: u32, stage: webfl_shared::secagg::Stage, work: impl FnOnce() -> T) -> T {
-        use webfl_shared::secagg::Stage;
-        let index = match stage {
-            Stage::AdvertiseKeys => 0,
-            Stage::ShareKeys => 1,
-            Stage::MaskedInput => 2,
-            _ => 3,
-        };
         let started = performance_now();
         let out = work();
-        self.ms[index] += performance_now() - started;
+        self.ms[webfl_shared::secagg::client_stage_slot(stage)] += performance_now() - started;
         out
     }
 }
@@ -214,8 +207,7 @@ impl webfl_shared::secagg::Observer for StageClock {
 #[wasm_bindgen(js_name = benchSecAgg)]
 pub fn bench_secagg(clients: u32, dim: usize, dropout: f64) -> Result<String, JsError> {
     use rand::SeedableRng as _;
-    use rand::seq::SliceRandom as _;
-    use webfl_shared::secagg::{SecAggConfig, Stage, simulate_to_unmask};
+    use webfl_shared::secagg::{SecAggConfig, benchmark_cohort, simulate_to_unmask};
 
     if !(0.0..1.0).contains(&dropout) {
         return Err(JsError::new(&format!("dropout must be in [0, 1), not {dropout}")));
@@ -224,14 +216,7 @@ pub fn bench_secagg(clients: u32, dim: usize, dropout: f64) -> Result<String, Js
     config.validate().map_err(js)?;
     // A CSPRNG with a fixed seed: the protocol asks for one; a rerun does the same work.
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    let inputs: Vec<Vec<f32>> =
-        (0..clients).map(|_| (0..dim).map(|_| rng.random_range(-0.1f32..0.1)).collect()).collect();
-    let mut order: Vec<usize> = (0..clients as usize).collect();
-    order.shuffle(&mut rng);
-    let mut drop_at = vec![None; clients as usize];
-    for &c in &order[..(dropout * f64::from(clients)).round() as usize] {
-        drop_at[c] = Some(Stage::MaskedInput);
-    }
+    let (inputs, drop_at) = benchmark_cohort(clients, dim, dropout, &mut rng);
     let mut clock = StageClock { ms: [0.0; 4] };
     let pending = simulate_to_unmask(&config, &inputs, &drop_at, &mut rng, &mut clock).map_err(js)?;
     let started = performance_now();

@@ -7,11 +7,12 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rand::seq::SliceRandom as _;
-use rand::{Rng as _, SeedableRng as _};
+use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use webfl_shared::secagg::{Observer, SecAggConfig, Stage, ToClient, ToServer, simulate_to_unmask};
+use webfl_shared::secagg::{
+    Observer, SecAggConfig, Stage, ToClient, ToServer, benchmark_cohort, client_stage_slot, simulate_to_unmask,
+};
 
 /// What one SecAgg+ round cost.
 #[derive(Debug, Serialize)]
@@ -41,20 +42,11 @@ struct Watch {
     bytes: Vec<usize>,
 }
 
-fn stage_index(stage: Stage) -> usize {
-    match stage {
-        Stage::AdvertiseKeys => 0,
-        Stage::ShareKeys => 1,
-        Stage::MaskedInput => 2,
-        _ => 3,
-    }
-}
-
 impl Observer for Watch {
     fn client_work<T>(&mut self, _client: u32, stage: Stage, work: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let out = work();
-        self.seconds[stage_index(stage)] += started.elapsed().as_secs_f64();
+        self.seconds[client_stage_slot(stage)] += started.elapsed().as_secs_f64();
         out
     }
     fn to_server(&mut self, client: u32, message: &ToServer) {
@@ -73,14 +65,7 @@ pub fn bench_secagg(clients: u32, dim: usize, dropout: f64, neighbours: Option<u
     }
     config.validate().context("the SecAgg+ settings")?;
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let inputs: Vec<Vec<f32>> =
-        (0..clients).map(|_| (0..dim).map(|_| rng.random_range(-0.1f32..0.1)).collect()).collect();
-    let mut order: Vec<usize> = (0..clients as usize).collect();
-    order.shuffle(&mut rng);
-    let mut drop_at = vec![None; clients as usize];
-    for &c in &order[..(dropout * f64::from(clients)).round() as usize] {
-        drop_at[c] = Some(Stage::MaskedInput);
-    }
+    let (inputs, drop_at) = benchmark_cohort(clients, dim, dropout, &mut rng);
     let mut watch = Watch { bytes: vec![0; clients as usize], ..Watch::default() };
     let pending = simulate_to_unmask(&config, &inputs, &drop_at, &mut rng, &mut watch)?;
     let started = Instant::now();

@@ -49,7 +49,10 @@ mod tests;
 pub use client::{ClientError, SecAggClient};
 pub use messages::*;
 pub use server::{Abandoned, SecAggServer, SecAggSum, ServerError, StageCounts, StageTimeouts};
-pub use simulate::{Observer, PendingUnmask, SimulationError, Unobserved, simulate_round, simulate_to_unmask};
+pub use simulate::{
+    Observer, PendingUnmask, SimulationError, Unobserved, benchmark_cohort, client_stage_slot, simulate_round,
+    simulate_to_unmask,
+};
 
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};

@@ -7,6 +7,39 @@ use super::{
     StageTimeouts, ToClient, ToServer,
 };
 
+/// A benchmark's cohort: `clients` inputs of `dim` values uniform in ±0.1, and a share
+/// `dropout` of the clients, drawn at random, vanishing after sharing their keys — the costly
+/// case for the server, which must rebuild their pairwise masks. For [`simulate_to_unmask`].
+pub fn benchmark_cohort(
+    clients: u32,
+    dim: usize,
+    dropout: f64,
+    rng: &mut impl rand::Rng,
+) -> (Vec<Vec<f32>>, Vec<Option<Stage>>) {
+    use rand::seq::SliceRandom as _;
+    let inputs: Vec<Vec<f32>> =
+        (0..clients).map(|_| (0..dim).map(|_| rng.random_range(-0.1f32..0.1)).collect()).collect();
+    let mut order: Vec<usize> = (0..clients as usize).collect();
+    order.shuffle(rng);
+    let mut drop_at = vec![None; clients as usize];
+    let dropped = ((dropout * f64::from(clients)).round() as usize).min(order.len());
+    for &c in &order[..dropped] {
+        drop_at[c] = Some(Stage::MaskedInput);
+    }
+    (inputs, drop_at)
+}
+
+/// Where an [`Observer`] that times client work keeps each stage: keys, shares, masking,
+/// unmasking.
+pub fn client_stage_slot(stage: Stage) -> usize {
+    match stage {
+        Stage::AdvertiseKeys => 0,
+        Stage::ShareKeys => 1,
+        Stage::MaskedInput => 2,
+        _ => 3,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SimulationError {
     #[error(transparent)]
